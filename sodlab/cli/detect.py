@@ -1,0 +1,8 @@
+"""`sodlab detect`: not built yet."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detect", help="(not built yet)")
+    p.set_defaults(func=lambda args: print("sodlab detect: not built yet") or 1)
