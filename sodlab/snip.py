@@ -162,3 +162,97 @@ def negative_chips(proposals: torch.Tensor, positive: torch.Tensor, height: int,
 def pixels_processed(plans: list[ChipPlan], chip: int) -> int:
     """Pixels a training pass over these chips processes (chips are K x K each)."""
     return sum(len(p.chips) for p in plans) * chip * chip
+
+
+# --------------------------------------------------------------------------- training transforms
+def _resize(image: torch.Tensor, factor: float) -> torch.Tensor:
+    _, h, w = image.shape
+    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
+                                           align_corners=False, antialias=factor < 1)[0]
+
+
+def _ignore_invalid(target: dict, valid: torch.Tensor) -> dict:
+    out = dict(target)
+    out["iscrowd"] = target["iscrowd"] | ~valid
+    out.pop("masks", None)  # masks are not resized here; SNIP training needs none
+    return out
+
+
+class SnipScale:
+    """SNIP training transform ``t(image, target, g)``: one scale at random, out-of-range ignored.
+
+    Works on the original image (put it first, instead of ``ResizeLongest``): scale ``s``
+    resizes the image so its longest side is ``s * input_size``; objects whose sqrt(w*h) in
+    *original* pixels lies outside that scale's range become ``iscrowd`` (ignored: their
+    anchors are neither positive nor negative). With a single scale and range [0, inf) it is
+    ``ResizeLongest(input_size)``; with several scales and all ranges [0, inf) it is plain
+    multi-scale training (MST), the baseline SNIP must beat.
+    """
+
+    def __init__(self, scales=DEFAULT_SCALES, ranges=DEFAULT_RANGES, *, input_size: int) -> None:
+        check_ranges(tuple(scales), tuple(ranges))
+        self.scales, self.ranges, self.input_size = tuple(scales), tuple(ranges), input_size
+
+    def __call__(self, image: torch.Tensor, target: dict, g: torch.Generator):
+        k = int(torch.randint(len(self.scales), (1,), generator=g))
+        valid = valid_mask(target["boxes"], self.ranges[k])
+        factor = self.scales[k] * self.input_size / max(image.shape[1:])
+        out = _ignore_invalid(target, valid)
+        out["boxes"] = scale_boxes(target["boxes"], factor)
+        out["area"] = target["area"] * factor**2
+        out["snip_scale"] = self.scales[k]
+        return _resize(image, factor), out
+
+
+class SniperChip:
+    """SNIPER training transform: a random scale, then one of its positive chips, cropped.
+
+    Objects that are invalid at the scale, or not fully inside the chip, are kept (clipped)
+    as ignored regions; objects entirely outside the chip are dropped. With probability
+    ``p_negative`` and proposals for the image (``proposals[image_id] -> [M, 4]`` original
+    pixels), a negative chip is used instead when there is one.
+    """
+
+    def __init__(self, scales=DEFAULT_SCALES, ranges=DEFAULT_RANGES, *, input_size: int,
+                 chip: int = 256, stride: int = 32, proposals: dict | None = None,
+                 p_negative: float = 0.2) -> None:
+        check_ranges(tuple(scales), tuple(ranges))
+        self.scales, self.ranges = tuple(scales), tuple(ranges)
+        self.input_size, self.chip, self.stride = input_size, chip, stride
+        self.proposals, self.p_negative = proposals or {}, p_negative
+
+    def __call__(self, image: torch.Tensor, target: dict, g: torch.Generator):
+        _, H, W = image.shape
+        k = int(torch.randint(len(self.scales), (1,), generator=g))
+        factor = self.scales[k] * self.input_size / max(H, W)
+        boxes = target["boxes"]
+        plan = positive_chips(boxes, H, W, scale=factor, valid_range=self.ranges[k],
+                              chip=self.chip, stride=self.stride)
+        chips = plan.chips
+        props = self.proposals.get(target.get("image_id"))
+        if props is not None and float(torch.rand((), generator=g)) < self.p_negative:
+            neg = negative_chips(props, chips, H, W, scale=factor, chip=self.chip,
+                                 stride=self.stride)
+            if len(neg):
+                chips = neg
+        if len(chips) == 0:  # no valid object at this scale: a random chip (all negative)
+            cands = candidate_chips(round(H * factor), round(W * factor), chip=self.chip,
+                                    stride=self.stride)
+            chips = cands[int(torch.randint(len(cands), (1,), generator=g))][None]
+        c = chips[int(torch.randint(len(chips), (1,), generator=g))]  # [4]
+        x1, y1 = int(c[0]), int(c[1])
+        scaled = _resize(image, factor)[:, y1:y1 + self.chip, x1:x1 + self.chip]
+        sb = scale_boxes(boxes, factor) - torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
+        full = inside(sb, torch.tensor([[0.0, 0.0, self.chip, self.chip]]))[0]  # [N]
+        clipped = sb.clone()
+        clipped[:, 0::2] = clipped[:, 0::2].clamp(0, min(self.chip, scaled.shape[2]))
+        clipped[:, 1::2] = clipped[:, 1::2].clamp(0, min(self.chip, scaled.shape[1]))
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        out = _ignore_invalid(target, plan.valid & full)
+        out["boxes"] = clipped[keep]
+        out["labels"] = target["labels"][keep]
+        out["iscrowd"] = out["iscrowd"][keep]
+        out["area"] = (target["area"] * factor**2)[keep]
+        out["snip_scale"] = self.scales[k]
+        return scaled, out

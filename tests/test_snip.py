@@ -148,3 +148,53 @@ def test_merge_against_torchvision_nms_and_by_hand():
     assert len(merge_boxes(parts, sc, lab, method="nms", metric="iou", thresh=0.6)["boxes"]) == 3
     with pytest.raises(InputError):
         merge_boxes(parts, sc, lab, method="wbf")
+
+
+def _target(boxes):
+    n = len(boxes)
+    b = torch.tensor(boxes, dtype=torch.float32)
+    return {"boxes": b, "labels": torch.zeros(n, dtype=torch.long),
+            "iscrowd": torch.zeros(n, dtype=torch.bool),
+            "area": (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), "image_id": 1}
+
+
+def test_snip_scale_ignores_out_of_range_objects():
+    from sodlab.snip import SnipScale
+
+    image = torch.rand(3, 200, 400)
+    t = _target([[0, 0, 10, 10], [50, 50, 90, 90], [100, 20, 300, 190]])  # sizes 10, 40, ~184
+    tf = SnipScale((2.0, 1.0, 0.5), ((0, 32), (16, 64), (48, math.inf)), input_size=200)
+    seen = set()
+    for s in range(30):
+        img, out = tf(image, t, torch.Generator().manual_seed(s))
+        k = out["snip_scale"]
+        seen.add(k)
+        assert max(img.shape[1:]) == round(200 * k)
+        expect = {2.0: [False, True, True], 1.0: [True, False, True], 0.5: [True, True, False]}
+        assert out["iscrowd"].tolist() == expect[k]
+        torch.testing.assert_close(out["boxes"], t["boxes"] * (k * 200 / 400))
+    assert seen == {2.0, 1.0, 0.5}
+    with pytest.raises(InputError):
+        SnipScale((1.0,), ((0, 10),), input_size=100)
+
+
+def test_sniper_chip_crops_and_marks():
+    from sodlab.snip import SniperChip
+
+    g0 = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 300, 500)
+    boxes = _random_boxes(g0, 15, 300, 500, lo=4, hi=120).tolist()
+    t = _target(boxes)
+    tf = SniperChip(input_size=500, chip=128, stride=32)
+    for s in range(10):
+        img, out = tf(image, t, torch.Generator().manual_seed(s))
+        assert img.shape[1] <= 128 and img.shape[2] <= 128
+        b = out["boxes"]
+        assert len(b) == len(out["labels"]) == len(out["iscrowd"]) == len(out["area"])
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 128).all()
+        # every non-ignored object is valid at this scale and was not clipped
+        k = out["snip_scale"]
+        rng = dict(zip((2.0, 1.0, 0.5), ((0, 32), (16, 64), (48, math.inf))))[k]
+        size = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sqrt() / (k * 500 / 500)
+        pos = ~out["iscrowd"]
+        assert ((size[pos] >= rng[0] - 1e-3) & (size[pos] <= rng[1] + 1e-3)).all()
