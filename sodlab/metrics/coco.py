@@ -1,0 +1,222 @@
+"""COCO box AP / AR / recall@0.5 per size bucket (tiny, small, medium, large), on faster-coco-eval.
+
+Layer L1. Taught in notebook 00 (size buckets) and used by every notebook that reports a
+number. The engine is faster-coco-eval (a C++ port of pycocotools' ``COCOeval``); we set
+its area ranges to pycocotools' own, inclusive at both ends, plus our ``tiny`` bucket
+(``sodlab.boxes.AREA_RANGES``), and read AP/AR per range straight out of its
+``eval["precision"]`` ``[T, R, K, A, M]`` and ``eval["recall"]`` ``[T, K, A, M]`` arrays.
+
+Dimension legend: T IoU thresholds (0.50:0.05:0.95), R recall thresholds (101), K categories,
+A area ranges (all, tiny, small, medium, large), M max-detection settings (1, 10, 100).
+
+Inputs: ground truth is a COCO dict, an ``annotations.json`` path or a split folder;
+detections are a list of COCO result dicts (``image_id, category_id, bbox [x,y,w,h],
+score``) or a path to such a JSON list. Buckets use the ground truth's ``area`` field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sodlab.boxes import AREA_RANGES, BUCKETS
+from sodlab.errors import InputError
+
+# Area ranges in evaluation order; "all" first, as COCOeval expects.
+RANGE_LABELS: tuple[str, ...] = ("all", *BUCKETS)
+MAX_DETS = 100
+
+GtLike = dict | str | os.PathLike
+DetsLike = list | str | os.PathLike
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "annotations.json"
+    if not p.is_file():
+        raise InputError(f"{p}: no such {what} file")
+    try:
+        with open(p) as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not valid JSON ({exc})") from None
+
+
+def load_gt(gt: GtLike) -> dict:
+    """A clean copy of the ground truth: images, categories, annotations renumbered 1..N.
+
+    Annotation ids are renumbered (COCOeval uses id 0 as 'unmatched'); a missing ``area``
+    becomes ``w * h``; a missing ``iscrowd`` becomes 0.
+    """
+    src = gt if isinstance(gt, dict) else _read_json(gt, "annotations")
+    name = "ground truth" if isinstance(gt, dict) else str(gt)
+    if not isinstance(src, dict) or not all(
+        isinstance(src.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise InputError(f"{name}: not a COCO dict (needs lists 'images', 'annotations', "
+                         "'categories')")
+    images = []
+    for i, img in enumerate(src["images"]):
+        if not isinstance(img, dict) or "id" not in img:
+            raise InputError(f"{name}: images[{i}] has no 'id'")
+        images.append({"id": int(img["id"]), "height": img.get("height", 0),
+                       "width": img.get("width", 0)})
+    cats = []
+    for i, c in enumerate(src["categories"]):
+        if not isinstance(c, dict) or "id" not in c:
+            raise InputError(f"{name}: categories[{i}] has no 'id'")
+        cats.append({"id": int(c["id"]), "name": str(c.get("name", c["id"]))})
+    img_ids = {im["id"] for im in images}
+    cat_ids = {c["id"] for c in cats}
+    anns = []
+    for i, a in enumerate(src["annotations"]):
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+            rec = {"id": i + 1, "image_id": int(a["image_id"]),
+                   "category_id": int(a["category_id"]), "bbox": [x, y, w, h],
+                   "area": float(a["area"]) if a.get("area") is not None else w * h,
+                   "iscrowd": int(a.get("iscrowd", 0) or 0)}
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{name}: annotations[{i}] needs image_id, category_id, "
+                             "bbox [x,y,w,h]") from None
+        if rec["image_id"] not in img_ids:
+            raise InputError(f"{name}: annotations[{i}] refers to unknown image "
+                             f"{rec['image_id']}")
+        if rec["category_id"] not in cat_ids:
+            raise InputError(f"{name}: annotations[{i}] has unknown category "
+                             f"{rec['category_id']}")
+        if "segmentation" in a:
+            rec["segmentation"] = a["segmentation"]
+        anns.append(rec)
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def load_dets(dets: DetsLike, gt: dict) -> list[dict]:
+    """A clean copy of the detections, checked against the (clean) ground truth."""
+    src = dets if isinstance(dets, list) else _read_json(dets, "detections")
+    name = "detections" if isinstance(dets, list) else str(dets)
+    if not isinstance(src, list):
+        raise InputError(f"{name}: detections must be a JSON list of result dicts")
+    img_ids = {im["id"] for im in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    out = []
+    for i, d in enumerate(src):
+        try:
+            x, y, w, h = (float(v) for v in d["bbox"])
+            rec = {"id": i + 1, "image_id": int(d["image_id"]),
+                   "category_id": int(d["category_id"]), "bbox": [x, y, w, h],
+                   "score": float(d["score"]), "area": w * h, "iscrowd": 0}
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{name}: detection {i} needs image_id, category_id, "
+                             "bbox [x,y,w,h], score") from None
+        if rec["image_id"] not in img_ids:
+            raise InputError(f"{name}: detection {i} is on image {rec['image_id']}, "
+                             "which is not in the ground truth")
+        if rec["category_id"] not in cat_ids:
+            raise InputError(f"{name}: detection {i} has category {rec['category_id']}, "
+                             "which is not in the ground truth")
+        if "segmentation" in d:
+            rec["segmentation"] = d["segmentation"]
+        out.append(rec)
+    return out
+
+
+def _quiet(*args, **kwargs) -> None:
+    return None
+
+
+def run_cocoeval(gt: dict, dets: list[dict], *, iou_type: str = "bbox"):
+    """Run faster-coco-eval on clean inputs with our area ranges; returns the COCOeval."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    ranges = {k: list(AREA_RANGES[k]) for k in BUCKETS}
+    sink = io.StringIO()
+    logging.getLogger("faster_coco_eval").disabled = True
+    with contextlib.redirect_stdout(sink):
+        coco_gt = COCO(gt, print_function=_quiet)
+        if iou_type == "bbox" or not dets:
+            coco_dt = COCO(print_function=_quiet)
+            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"],
+                               "annotations": dets}
+            coco_dt.createIndex()
+        else:
+            coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, ranges=ranges,
+                             print_function=_quiet)
+        ev.params.areaRng = [list(AREA_RANGES[k]) for k in RANGE_LABELS]
+        ev.params.areaRngLbl = list(RANGE_LABELS)
+        ev.params.maxDets = [1, 10, MAX_DETS]
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def _mean_valid(a: np.ndarray) -> float:
+    v = a[a > -1]
+    return float(v.mean()) if v.size else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray) -> dict:
+    """Our metric keys from COCOeval's precision ``[T,R,K,A,M]`` and recall ``[T,K,A,M]``."""
+    m = -1  # the last max-dets setting, 100
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+    out = {"AP": _mean_valid(precision[:, :, :, 0, m]),
+           "AP50": _mean_valid(precision[t50, :, :, 0, m]),
+           "AP75": _mean_valid(precision[t75, :, :, 0, m]),
+           "AR": _mean_valid(recall[:, :, 0, m]),
+           "R50": _mean_valid(recall[t50, :, 0, m])}
+    for a, b in enumerate(RANGE_LABELS[1:], start=1):
+        out[f"AP_{b}"] = _mean_valid(precision[:, :, :, a, m])
+        out[f"AR_{b}"] = _mean_valid(recall[:, :, a, m])
+        out[f"R50_{b}"] = _mean_valid(recall[t50, :, a, m])
+    return out
+
+
+def gt_counts(gt: dict) -> dict:
+    """Non-crowd ground-truth objects per bucket (``n_gt_tiny`` ... ``n_gt_all``)."""
+    area = np.array([a["area"] for a in gt["annotations"] if not a["iscrowd"]], dtype=float)
+    out = {}
+    for b in (*BUCKETS, "all"):
+        lo, hi = AREA_RANGES[b]
+        out[f"n_gt_{b}"] = int(((area >= lo) & (area <= hi)).sum())
+    return out
+
+
+def evaluate(gt: GtLike, dets: DetsLike, *, iou_type: str = "bbox",
+             progress: bool = False) -> dict:
+    """COCO AP/AR at 100 detections overall and per size bucket, -1 for an empty bucket.
+
+    Keys: ``AP, AP50, AP75, AR, R50``, and for b in tiny/small/medium/large ``AP_b, AR_b,
+    R50_b`` (R50 = recall at IoU 0.5), plus ``n_gt_b`` and ``n_gt_all`` (non-crowd objects).
+    ``progress`` is accepted for a uniform signature; one evaluation has no long loop.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise InputError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    g = load_gt(gt)
+    d = load_dets(dets, g)
+    return evaluate_clean(g, d, iou_type=iou_type)
+
+
+def evaluate_clean(gt: dict, dets: list[dict], *, iou_type: str = "bbox") -> dict:
+    """``evaluate`` on inputs already passed through ``load_gt`` / ``load_dets``."""
+    out: dict[str, Any] = {}
+    if not gt["annotations"] and not dets:
+        keys = summarize(np.full((10, 101, 1, 5, 3), -1.0), np.full((10, 1, 5, 3), -1.0),
+                         np.linspace(0.5, 0.95, 10))
+        out.update(keys)
+    else:
+        ev = run_cocoeval(gt, dets, iou_type=iou_type)
+        out.update(summarize(np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"]),
+                             np.asarray(ev.params.iouThrs)))
+    out.update(gt_counts(gt))
+    out["n_dets"] = len(dets)
+    return out
