@@ -232,3 +232,43 @@ def test_cli_eval(tmp_path, capsys):
                  str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "Traceback" not in err
+
+
+def test_cli_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--help"])
+    assert exc.value.code == 0
+    assert "--errors" in capsys.readouterr().out
+
+
+def test_segm_equals_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    anns, dets = [], []
+    for img in (1, 2):
+        for _ in range(6):
+            x, y = rng.uniform(0, 100, 2)
+            w, h = rng.uniform(5, 80, 2)
+            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": 1,
+                         "bbox": [x, y, w, h], "area": w * h * 0.9, "iscrowd": 0,
+                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            j = rng.normal(0, 3, 4)
+            poly = [x + j[0], y + j[1], x + w, y + j[1], x + w, y + h + j[3], x + j[0], y + h]
+            rle = mask_utils.frPyObjects([poly], 200, 200)[0]
+            rle["counts"] = rle["counts"].decode()
+            dets.append({"image_id": img, "category_id": 1, "segmentation": rle,
+                         "score": float(rng.random())})
+    gt = {"images": [{"id": i, "width": 200, "height": 200} for i in (1, 2)],
+          "annotations": anns, "categories": [{"id": 1, "name": "a"}]}
+    ours = evaluate(gt, copy.deepcopy(dets), iou_type="segm")
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = copy.deepcopy(gt)
+        cg.createIndex()
+        ev = COCOeval(cg, cg.loadRes(copy.deepcopy(dets)), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    for k, i in (("AP", 0), ("AP50", 1), ("AP_small", 3), ("AP_medium", 4), ("AR", 8)):
+        assert ours[k] == pytest.approx(ev.stats[i], abs=1e-6), k

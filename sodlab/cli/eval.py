@@ -71,8 +71,9 @@ def format_errors(e: dict) -> str:
 
 def run(args) -> int:
     import time
+    from pathlib import Path
 
-    from sodlab.files import sha256_json, write_json
+    from sodlab.files import sha256_file, write_json
     from sodlab.metrics import error_breakdown, evaluate, load_dets, load_gt
     from sodlab.provenance import provenance
 
@@ -88,7 +89,8 @@ def run(args) -> int:
         print(format_errors(errors))
         out["errors"] = errors
     if args.out:
-        out["provenance"] = provenance(data_hash=sha256_json(gt),
+        gt_file = Path(args.gt) / "annotations.json" if Path(args.gt).is_dir() else args.gt
+        out["provenance"] = provenance(data_hash=sha256_file(gt_file),
                                        seconds=time.perf_counter() - t0)
         write_json(args.out, out)
         print(f"wrote {args.out}")

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from sodlab.errors import InputError
 from sodlab.metrics.coco import DetsLike, GtLike, evaluate_clean, load_dets, load_gt
 
 
@@ -61,6 +62,10 @@ def bootstrap_ci(gt: GtLike, dets: DetsLike, *, keys: tuple[str, ...] = ("AP", "
 
     g = load_gt(gt)
     d = load_dets(dets, g)
+    known = evaluate_clean(g, d)
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise InputError(f"bootstrap_ci: unknown metric keys {unknown}; known: {sorted(known)}")
     by_img = _by_image(g, d)
     rng = np.random.default_rng(seed)
     n_img = len(g["images"])
@@ -70,10 +75,6 @@ def bootstrap_ci(gt: GtLike, dets: DetsLike, *, keys: tuple[str, ...] = ("AP", "
         rg, rd = resample(g, d, draw, by_img)
         m = evaluate_clean(rg, rd)
         for k in keys:
-            if k not in m:
-                from sodlab.errors import InputError
-
-                raise InputError(f"bootstrap_ci: unknown metric key {k!r}")
             values[k].append(m[k])
     out = {}
     for k, vs in values.items():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -99,32 +98,41 @@ def load_gt(gt: GtLike) -> dict:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def load_dets(dets: DetsLike, gt: dict) -> list[dict]:
-    """A clean copy of the detections, checked against the (clean) ground truth."""
+def load_dets(dets: DetsLike, gt: dict, *, iou_type: str = "bbox") -> list[dict]:
+    """A clean copy of the detections, checked against the (clean) ground truth.
+
+    For ``iou_type="segm"`` each detection needs a ``segmentation`` (RLE) and ``bbox`` is
+    optional; the engine then fills in area and box as pycocotools' ``loadRes`` does.
+    """
     src = dets if isinstance(dets, list) else _read_json(dets, "detections")
     name = "detections" if isinstance(dets, list) else str(dets)
     if not isinstance(src, list):
         raise InputError(f"{name}: detections must be a JSON list of result dicts")
     img_ids = {im["id"] for im in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
+    segm = iou_type == "segm"
+    need = "segmentation" if segm else "bbox [x,y,w,h]"
     out = []
     for i, d in enumerate(src):
         try:
-            x, y, w, h = (float(v) for v in d["bbox"])
             rec = {"id": i + 1, "image_id": int(d["image_id"]),
-                   "category_id": int(d["category_id"]), "bbox": [x, y, w, h],
-                   "score": float(d["score"]), "area": w * h, "iscrowd": 0}
+                   "category_id": int(d["category_id"]), "score": float(d["score"])}
+            if segm:
+                rec["segmentation"] = d["segmentation"]
+            if not segm or d.get("bbox") is not None:
+                x, y, w, h = (float(v) for v in d["bbox"])
+                rec["bbox"] = [x, y, w, h]
+                if not segm:
+                    rec.update(area=w * h, iscrowd=0)
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{name}: detection {i} needs image_id, category_id, "
-                             "bbox [x,y,w,h], score") from None
+            raise InputError(f"{name}: detection {i} needs image_id, category_id, {need}, "
+                             "score") from None
         if rec["image_id"] not in img_ids:
             raise InputError(f"{name}: detection {i} is on image {rec['image_id']}, "
                              "which is not in the ground truth")
         if rec["category_id"] not in cat_ids:
             raise InputError(f"{name}: detection {i} has category {rec['category_id']}, "
                              "which is not in the ground truth")
-        if "segmentation" in d:
-            rec["segmentation"] = d["segmentation"]
         out.append(rec)
     return out
 
@@ -139,7 +147,6 @@ def run_cocoeval(gt: dict, dets: list[dict], *, iou_type: str = "bbox"):
 
     ranges = {k: list(AREA_RANGES[k]) for k in BUCKETS}
     sink = io.StringIO()
-    logging.getLogger("faster_coco_eval").disabled = True
     with contextlib.redirect_stdout(sink):
         coco_gt = COCO(gt, print_function=_quiet)
         if iou_type == "bbox" or not dets:
@@ -196,13 +203,15 @@ def evaluate(gt: GtLike, dets: DetsLike, *, iou_type: str = "bbox",
     """COCO AP/AR at 100 detections overall and per size bucket, -1 for an empty bucket.
 
     Keys: ``AP, AP50, AP75, AR, R50``, and for b in tiny/small/medium/large ``AP_b, AR_b,
-    R50_b`` (R50 = recall at IoU 0.5), plus ``n_gt_b`` and ``n_gt_all`` (non-crowd objects).
+    R50_b`` (R50 = recall at IoU 0.5), plus ``n_gt_b`` and ``n_gt_all`` (non-crowd objects)
+    and ``n_dets``. A detection on an image or of a category that the ground truth does not
+    have raises ``InputError``; an empty detection list gives zeros.
     ``progress`` is accepted for a uniform signature; one evaluation has no long loop.
     """
     if iou_type not in ("bbox", "segm"):
         raise InputError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     g = load_gt(gt)
-    d = load_dets(dets, g)
+    d = load_dets(dets, g, iou_type=iou_type)
     return evaluate_clean(g, d, iou_type=iou_type)
 
 
