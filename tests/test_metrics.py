@@ -127,7 +127,7 @@ def test_empty_detections_give_zeros():
 
 def test_bad_inputs_raise_input_error(tmp_path):
     gt, dets = _random_case(0)
-    with pytest.raises(InputError, match="not in the ground truth"):
+    with pytest.raises(InputError, match="image 999, which is not in the ground truth"):
         evaluate(gt, dets + [{"image_id": 999, "category_id": 2, "bbox": [0, 0, 1, 1],
                               "score": 1.0}])
     with pytest.raises(InputError, match="needs image_id"):

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from sodlab.errors import InputError
-from sodlab.metrics.coco import DetsLike, GtLike, evaluate_clean, load_dets, load_gt
+from sodlab.metrics.coco import DetsLike, GtLike, evaluate_clean, load_dets, load_gt, paused_gc
 
 
 def resample(gt: dict, dets: list[dict], draw: np.ndarray,
@@ -72,8 +72,9 @@ def bootstrap_ci(gt: GtLike, dets: DetsLike, *, keys: tuple[str, ...] = ("AP", "
     values: dict[str, list[float]] = {k: [] for k in keys}
     for _ in tqdm(range(n), disable=not progress, desc="bootstrap"):
         draw = rng.integers(0, n_img, size=n_img)
-        rg, rd = resample(g, d, draw, by_img)
-        m = evaluate_clean(rg, rd)
+        with paused_gc():
+            rg, rd = resample(g, d, draw, by_img)
+            m = evaluate_clean(rg, rd)
         for k in keys:
             values[k].append(m[k])
     out = {}

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from sodlab.boxes import AREA_RANGES, BUCKETS, xywh_to_xyxy
-from sodlab.metrics.coco import DetsLike, GtLike, load_dets, load_gt
+from sodlab.metrics.coco import DetsLike, GtLike, load_dets, load_gt, paused_gc
 
 ERROR_TYPES: tuple[str, ...] = ("classification", "localisation", "both", "duplicate",
                                 "background", "missed")
@@ -158,8 +158,9 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
     """
     from tqdm.auto import tqdm
 
-    g = load_gt(gt)
-    d = load_dets(dets, g)
+    with paused_gc():
+        g = load_gt(gt)
+        d = load_dets(dets, g)
     ga = g["annotations"]
     g_img = np.array([a["image_id"] for a in ga], dtype=np.int64)
     g_cat = np.array([a["category_id"] for a in ga], dtype=np.int64)
