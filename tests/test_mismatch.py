@@ -36,6 +36,7 @@ def test_fit_learns_and_experiment_rows():
     torch.set_num_threads(1)
     xtr, ytr = _toy(256, 0)
     xte, yte = _toy(128, 1)
+    torch.manual_seed(0)
     model = build_cnn_b(width=8)
     losses = fit(model, xtr, ytr, epochs=4, seed=0)
     assert losses[-1] < losses[0]

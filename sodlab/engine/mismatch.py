@@ -124,7 +124,28 @@ def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int
             sched.step()
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(x))
+    _recalibrate_bn(model, x, batch_size)
     return losses
+
+
+@torch.no_grad()
+def _recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Set BatchNorm running statistics to the exact averages over ``x`` with the final weights.
+
+    After a few hundred steps the exponential running averages still lag behind the weights,
+    and a short training run would be judged by stale statistics in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for i in range(0, len(x), batch_size):
+        model(x[i:i + batch_size])
+    for m in bns:
+        m.momentum = 0.1
 
 
 @torch.no_grad()
