@@ -177,17 +177,26 @@ def test_error_breakdown_hand_cases():
     assert c["tiny"]["missed"] == 2 and c["small"]["missed"] == 2
     # background: the 5x5 det (tiny, small) and the 60x60 det on an image without objects
     assert c["tiny"]["background"] == 1 and c["medium"]["background"] == 1
-    d = e["dAP"]
+    d = e["dAP"]["all"]
     assert set(d) == {"classification", "localisation", "both", "duplicate", "background",
                       "missed"}
     assert d["classification"] > 0 and d["localisation"] > 0 and d["missed"] > 0
     assert all(v >= 0 for v in d.values())
+    # small: the duplicate scores below the only true positive, so removing it gains nothing;
+    # finding the two missed tiny objects does
+    assert e["dAP"]["small"]["duplicate"] == 0 and e["dAP"]["small"]["missed"] > 0
+    assert e["dAP"]["medium"]["classification"] > 0 and e["dAP"]["tiny"]["classification"] == 0
+    # medium: one object fixed by classification, one by localisation, no true positive
+    # fixed: FP (0.7), TP (0.6), FP (0.3) over 2 objects -> precision 0.5 up to recall 0.5
+    assert e["AP"]["medium"] == 0
+    assert e["dAP"]["medium"]["localisation"] == pytest.approx(0.5 * 51 / 101)
+    assert e["AP"]["small"] > 0
 
 
 def test_error_breakdown_ap_is_coco_ap50():
     gt, dets = _random_case(3, n_images=20)
     e = error_breakdown(gt, dets)
-    assert e["AP"] == pytest.approx(evaluate(gt, dets)["AP50"], abs=1e-6)
+    assert e["AP"]["all"] == pytest.approx(evaluate(gt, dets)["AP50"], abs=1e-6)
     assert e["counts"]["all"]["tp"] + e["counts"]["all"]["missed"] <= e["counts"]["all"]["n_gt"]
 
 

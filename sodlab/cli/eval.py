@@ -64,8 +64,11 @@ def format_errors(e: dict) -> str:
     for b, row in e["counts"].items():
         lines.append(f"{b:<8}" + "".join(f"{row[t]:>7d}" for t in ERROR_TYPES)
                      + f"{row['tp']:>7d}")
-    lines.append(f"{'dAP':<8}" + "".join(f"{e['dAP'][t]:>7.3f}" for t in ERROR_TYPES)
-                 + f"   (AP@{e['fg_iou']} {e['AP']:.3f})")
+    lines += ["", f"dAP: AP@{e['fg_iou']} gained by fixing each error type",
+              f"{'bucket':<8}" + "".join(f"{short[t]:>7}" for t in ERROR_TYPES) + f"{'AP':>7}"]
+    for b, row in e["dAP"].items():
+        lines.append(f"{b:<8}" + "".join(f"{_fmt(row[t]):>7}" for t in ERROR_TYPES)
+                     + f"{_fmt(e['AP'][b]):>7}")
     return "\n".join(lines)
 
 

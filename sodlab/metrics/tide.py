@@ -17,7 +17,10 @@ unmatched detection gets the first error that applies:
 A non-crowd object that is unmatched and not the target of a localisation or classification
 error is missed. dAP (TIDE's "fix one error type, recompute AP at IoU fg_iou", each type fixed
 on its own; a fixed localisation/classification error becomes a true positive only for the
-highest-scoring such detection per object) is reported over all objects as a fraction.
+highest-scoring such detection per object) is a fraction, like our other metrics. Per bucket,
+AP and dAP use the objects in the bucket and the detections counted in it (true positives
+by their object's area), under the same matching, so bucket AP can differ slightly from
+COCO's, which re-matches per area range.
 
 Buckets: errors tied to an object (localisation, classification, duplicate, both, missed)
 count in the bucket(s) of that object's COCO ``area`` field (for "both": the object of
@@ -152,9 +155,9 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
                     progress: bool = False) -> dict:
     """TIDE error counts per size bucket and dAP per error type (see the module docstring).
 
-    Returns ``{"counts": {bucket: {error type: n, "tp": n, "n_gt": n}}, "dAP": {error type:
-    AP gain}, "AP": TIDE's AP at fg_iou, "fg_iou", "bg_iou"}``, buckets tiny/small/medium/
-    large/all.
+    Returns ``{"counts": {bucket: {error type: n, "tp": n, "n_gt": n}}, "dAP": {bucket:
+    {error type: AP gain}}, "AP": {bucket: TIDE's AP at fg_iou}, "fg_iou", "bg_iou"}`` for
+    buckets tiny/small/medium/large/all; AP and dAP are -1 for a bucket without objects.
     """
     from tqdm.auto import tqdm
 
@@ -216,30 +219,39 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
         row["n_gt"] = int((~g_crowd & gt_b[b]).sum())
         counts[b] = row
 
-    # dAP: fix one error type at a time and recompute AP at fg_iou (TIDE's fix rules).
-    live = status >= 0
+    # dAP: fix one error type at a time and recompute AP at fg_iou (TIDE's fix rules), over
+    # all objects and per bucket (a detection belongs to the bucket its count went to).
     k_cls, k_score, k_tp = d_cat[kept], d_score[kept], status == 1
-    n_gt = {int(c): int(((g_cat == c) & ~g_crowd).sum()) for c in np.unique(g_cat)}
-    base = _map(k_cls[live], k_score[live], k_tp[live], n_gt)
-    fixable = (error == _CLS) | (error == _LOC)
-    fixable &= (target >= 0) & ~used[np.maximum(target, 0)]
+    fixable = ((error == _CLS) | (error == _LOC)) & (target >= 0)
+    fixable &= ~used[np.maximum(target, 0)]
     best = np.zeros(len(kept), dtype=bool)  # the top-scoring Cls/Loc error per object wins
     if fixable.any():
         idx = np.flatnonzero(fixable)
         idx = idx[np.lexsort((-k_score[idx], target[idx]))]
         first = np.r_[True, target[idx][1:] != target[idx][:-1]]
         best[idx[first]] = True
-    dap = {}
-    for name, code in (("classification", _CLS), ("localisation", _LOC), ("both", _BOTH),
-                       ("duplicate", _DUPE), ("background", _BKG)):
-        hit = error == code
-        keep = live & ~(hit & ~best)
-        cls = np.where(hit & best, g_cat[np.maximum(target, 0)], k_cls)
-        tp = k_tp | (hit & best)
-        dap[name] = max(_map(cls[keep], k_score[keep], tp[keep], n_gt) - base, 0.0)
-    n_gt_fixed = {c: n - int((missed & (g_cat == c)).sum()) for c, n in n_gt.items()}
-    dap["missed"] = max(_map(k_cls[live], k_score[live], k_tp[live], n_gt_fixed) - base, 0.0)
-    return {"counts": counts, "dAP": dap, "AP": base, "fg_iou": fg_iou, "bg_iou": bg_iou}
+    det_b = _in_buckets(np.where(status == 1, g_area[np.maximum(target, 0)], area_of_err))
+    ap, dap = {}, {}
+    for b in (*BUCKETS, "all"):
+        live = (status >= 0) & det_b[b]
+        gts = ~g_crowd & gt_b[b]
+        n_gt = {int(c): int((gts & (g_cat == c)).sum()) for c in np.unique(g_cat)}
+        base = _map(k_cls[live], k_score[live], k_tp[live], n_gt)
+        if not any(n_gt.values()):
+            ap[b], dap[b] = -1.0, {t: -1.0 for t in ERROR_TYPES}
+            continue
+        gains = {}
+        for name, code in (("classification", _CLS), ("localisation", _LOC), ("both", _BOTH),
+                           ("duplicate", _DUPE), ("background", _BKG)):
+            hit = error == code
+            keep = live & ~(hit & ~best)
+            cls = np.where(hit & best, g_cat[np.maximum(target, 0)], k_cls)
+            tp = k_tp | (hit & best)
+            gains[name] = max(_map(cls[keep], k_score[keep], tp[keep], n_gt) - base, 0.0)
+        fixed = {c: n - int((missed & gts & (g_cat == c)).sum()) for c, n in n_gt.items()}
+        gains["missed"] = max(_map(k_cls[live], k_score[live], k_tp[live], fixed) - base, 0.0)
+        ap[b], dap[b] = base, {t: gains[t] for t in ERROR_TYPES}
+    return {"counts": counts, "dAP": dap, "AP": ap, "fg_iou": fg_iou, "bg_iou": bg_iou}
 
 
 def _group(keys: np.ndarray, values: np.ndarray | None = None) -> dict[int, np.ndarray]:
