@@ -281,3 +281,13 @@ def test_segm_equals_pycocotools():
         ev.summarize()
     for k, i in (("AP", 0), ("AP50", 1), ("AP_small", 3), ("AP_medium", 4), ("AR", 8)):
         assert ours[k] == pytest.approx(ev.stats[i], abs=1e-6), k
+
+
+def test_no_objects_at_all():
+    gt = {"images": [{"id": 1}], "categories": [{"id": 1}], "annotations": []}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
+    m = evaluate(gt, dets)
+    assert m["AP"] == -1 and m["AP_small"] == -1 and m["n_gt_all"] == 0
+    e = error_breakdown(gt, dets)
+    assert e["counts"]["all"]["background"] == 1 and e["AP"]["all"] == -1
+    assert evaluate(gt, [])["AR"] == -1

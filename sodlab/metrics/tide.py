@@ -199,16 +199,19 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
         target.append(tg)
         used[gn] = u
         usable[gn] = ub
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
-    kept, status, error, target = cat(kept), cat(status), cat(error), cat(target)
+    kept, status, error, target = (np.concatenate(x) if x else np.zeros(0, dtype=np.int64)
+                                   for x in (kept, status, error, target))
     missed = ~g_crowd & ~used & ~usable
+    # Per-object values looked up by target; target -1 (no object) picks the sentinel at the end.
+    t_area, t_cat = np.append(g_area, 0.0)[target], np.append(g_cat, -1)[target]
+    t_used = np.append(used, True)[target]
 
     # Counts per bucket.
     d_area = (d_box[kept, 2] - d_box[kept, 0]) * (d_box[kept, 3] - d_box[kept, 1])
-    area_of_err = np.where(error == _BKG, d_area, g_area[np.maximum(target, 0)])
+    area_of_err = np.where(error == _BKG, d_area, t_area)
     err_b = _in_buckets(area_of_err)
     gt_b = _in_buckets(g_area)
-    tp_b = _in_buckets(g_area[np.maximum(target, 0)])
+    tp_b = _in_buckets(t_area)
     counts = {}
     for b in (*BUCKETS, "all"):
         row = {name: int(((error == code) & err_b[b]).sum()) for name, code in
@@ -222,15 +225,14 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
     # dAP: fix one error type at a time and recompute AP at fg_iou (TIDE's fix rules), over
     # all objects and per bucket (a detection belongs to the bucket its count went to).
     k_cls, k_score, k_tp = d_cat[kept], d_score[kept], status == 1
-    fixable = ((error == _CLS) | (error == _LOC)) & (target >= 0)
-    fixable &= ~used[np.maximum(target, 0)]
+    fixable = ((error == _CLS) | (error == _LOC)) & (target >= 0) & ~t_used
     best = np.zeros(len(kept), dtype=bool)  # the top-scoring Cls/Loc error per object wins
     if fixable.any():
         idx = np.flatnonzero(fixable)
         idx = idx[np.lexsort((-k_score[idx], target[idx]))]
         first = np.r_[True, target[idx][1:] != target[idx][:-1]]
         best[idx[first]] = True
-    det_b = _in_buckets(np.where(status == 1, g_area[np.maximum(target, 0)], area_of_err))
+    det_b = _in_buckets(np.where(status == 1, t_area, area_of_err))
     ap, dap = {}, {}
     for b in (*BUCKETS, "all"):
         live = (status >= 0) & det_b[b]
@@ -245,7 +247,7 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
                            ("duplicate", _DUPE), ("background", _BKG)):
             hit = error == code
             keep = live & ~(hit & ~best)
-            cls = np.where(hit & best, g_cat[np.maximum(target, 0)], k_cls)
+            cls = np.where(hit & best, t_cat, k_cls)
             tp = k_tp | (hit & best)
             gains[name] = max(_map(cls[keep], k_score[keep], tp[keep], n_gt) - base, 0.0)
         fixed = {c: n - int((missed & gts & (g_cat == c)).sum()) for c, n in n_gt.items()}
