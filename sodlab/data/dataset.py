@@ -24,6 +24,7 @@ from PIL import Image
 
 from sodlab.boxes import xywh_to_xyxy
 from sodlab.data.coco import annotations_path, box_mask, decode_segmentation, load_coco
+from sodlab.data.formats_common import to_rgb8
 from sodlab.errors import InputError
 
 Transform = Callable[[torch.Tensor, dict, torch.Generator], tuple[torch.Tensor, dict]]
@@ -40,12 +41,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as float32 RGB ``[3, H, W]`` in [0, 1]; InputError if unreadable."""
     try:
         with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+            rgb = np.asarray(to_rgb8(im))  # [H, W, 3] uint8
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
     except OSError as exc:
