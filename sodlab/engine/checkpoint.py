@@ -1,0 +1,87 @@
+"""Checkpoints: save and load everything a run needs to resume bit-for-bit, atomically.
+
+Layer L4. A checkpoint is one ``torch.save`` dict written through
+``sodlab.files.atomic_write`` (temporary file, then rename), so a run killed while saving
+leaves the previous ``last.pt`` intact. Keys: ``config`` (``dataclasses.asdict`` of the
+``DetectorConfig``), ``model``, ``optimizer``, ``scheduler`` (the warm-up + cosine state),
+``step``, ``epoch``, ``step_in_epoch``, ``rng`` (torch CPU/CUDA states; data order and
+augmentation are functions of ``(seed, epoch, index)`` and need no state), ``categories``
+and ``cat_ids`` (contiguous label -> the dataset's own category id), ``seed``,
+``batch_size``, ``images_seen``, ``seconds``, ``metrics``, ``provenance``. Taught in
+notebook 03_fpn (the first notebook that trains a detector).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sodlab.errors import InputError
+from sodlab.files import atomic_write
+
+CHECKPOINT_FORMAT = 1
+
+
+def rng_state() -> dict:
+    """The global torch RNG states (CPU and, where present, CUDA) as a picklable dict."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_dict(cfg: Any) -> dict:
+    """A config dataclass (or dict) as a plain dict."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
+    """Write ``state`` (tensors moved to CPU by ``torch.save``'s pickling) atomically."""
+    path = Path(path)
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint dict; InputError naming the file when it is missing or not one."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise InputError(f"{path}: not a sodlab checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise InputError(f"{path}: not a sodlab checkpoint (no 'model'/'config' entries)")
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the detector of a checkpoint dict and load its weights (eval mode)."""
+    from sodlab.detector import DetectorConfig, build_detector
+
+    cfg = DetectorConfig(**ckpt["config"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_detector(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()

@@ -1,0 +1,186 @@
+"""Run a trained detector: a split folder to COCO results, metrics by size, one image to boxes.
+
+Layer L4. The engine resizes every image so its longer side is ``input_size`` (as in
+training), pads the batch to a multiple of 32, runs the detector in ``eval()`` mode and maps
+boxes back to the ORIGINAL image's pixels (divide by the exact per-axis resize ratios,
+clip to the image) and contiguous labels back to the dataset's own category ids. Taught in
+notebook 03_fpn; ``sodlab detect`` and ``sodlab.load(...).predict`` use it.
+
+Shapes: images ``[B, 3, Hp, Wp]`` float in [0, 1]; boxes ``[N, 4]`` xyxy pixels.
+Dimension legend: B images in a batch, N detections, Hp x Wp padded input size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sodlab.boxes import xyxy_to_xywh
+from sodlab.data.dataset import DetectionDataset, collate, read_image
+from sodlab.data.transforms import ResizeLongest
+from sodlab.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def to_original(boxes: torch.Tensor, size: tuple[int, int],
+                orig: tuple[int, int]) -> torch.Tensor:
+    """Map xyxy boxes from a resized image of ``size`` (h, w) to the original (h, w); clip."""
+    sy, sx = orig[0] / size[0], orig[1] / size[1]
+    out = boxes * boxes.new_tensor([sx, sy, sx, sy])  # [N, 4]
+    out[:, 0::2] = out[:, 0::2].clamp(0, orig[1])
+    out[:, 1::2] = out[:, 1::2].clamp(0, orig[0])
+    return out
+
+
+@torch.inference_mode()
+def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
+                 input_size: int) -> list[dict]:
+    """Detections for a list of original images ``[3, H, W]`` in their own pixels (labels contiguous)."""
+    resize = ResizeLongest(input_size)
+    batch = [resize(img, {}) for img in images]
+    x, targets = collate(batch)  # [B, 3, Hp, Wp]
+    model.eval()
+    outs = model(x.to(_device_of(model)))
+    results = []
+    for img, tgt, out in zip(images, targets, outs):
+        boxes = to_original(out["boxes"].float().cpu(), tgt["size"], tuple(img.shape[-2:]))
+        results.append({"boxes": boxes, "scores": out["scores"].float().cpu(),
+                        "labels": out["labels"].cpu()})
+    return results
+
+
+def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
+                  batch_size: int = 8, score_thresh: float = 0.0, progress: bool = False,
+                  cat_ids: Sequence[int] | None = None,
+                  timing: dict | None = None) -> list[dict]:
+    """COCO result dicts for every image of a split folder, boxes in original pixels.
+
+    ``cat_ids`` maps contiguous labels to category ids (default: the split's own sorted
+    category ids). ``timing``, if given, receives ``images`` and ``seconds``.
+    """
+    ds = DetectionDataset(split_dir)
+    ids = list(cat_ids) if cat_ids is not None else ds.cat_ids
+    dets: list[dict] = []
+    n_done, seconds = 0, 0.0
+    order = range(len(ds))
+    chunks = [list(order[i:i + batch_size]) for i in range(0, len(ds), batch_size)]
+    for chunk in tqdm(chunks, disable=not progress, desc="predict", leave=False):
+        images = [ds[i][0] for i in chunk]
+        t0 = time.perf_counter()
+        outs = detect_batch(model, images, input_size=input_size)
+        seconds += time.perf_counter() - t0
+        n_done += len(chunk)
+        for i, out in zip(chunk, outs):
+            image_id = int(ds.images[i]["id"])
+            keep = out["scores"] >= score_thresh
+            xywh = xyxy_to_xywh(out["boxes"][keep])  # [N, 4]
+            for box, score, label in zip(xywh.tolist(), out["scores"][keep].tolist(),
+                                         out["labels"][keep].tolist()):
+                dets.append({"image_id": image_id, "category_id": int(ids[label]),
+                             "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+    if timing is not None:
+        timing.update(images=n_done, seconds=seconds)
+    return dets
+
+
+def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
+                   batch_size: int = 8, progress: bool = False,
+                   cat_ids: Sequence[int] | None = None) -> dict:
+    """Size-wise COCO metrics of ``model`` on a split folder, plus ``images_per_s``.
+
+    ``images_per_s`` counts resize + forward + post-processing (not image decoding).
+    """
+    from sodlab.metrics import evaluate
+
+    timing: dict = {}
+    dets = predict_split(model, split_dir, input_size=input_size, batch_size=batch_size,
+                         progress=progress, cat_ids=cat_ids, timing=timing)
+    ds_coco = DetectionDataset(split_dir).coco
+    metrics = dict(evaluate(ds_coco, dets))
+    metrics["images_per_s"] = timing["images"] / max(timing["seconds"], 1e-9)
+    metrics["num_detections"] = len(dets)
+    return metrics
+
+
+def as_image(image_or_path: Any) -> torch.Tensor:
+    """A path, PIL image, uint8 ``[H, W, 3]`` array or float ``[3, H, W]`` tensor -> float ``[3, H, W]``."""
+    if isinstance(image_or_path, (str, os.PathLike)):
+        return read_image(image_or_path)
+    if hasattr(image_or_path, "convert") and hasattr(image_or_path, "size"):  # PIL
+        arr = np.asarray(image_or_path.convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    if isinstance(image_or_path, np.ndarray):
+        arr = image_or_path
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise InputError(f"image array must be HxWx3, got shape {arr.shape}")
+        t = torch.from_numpy(np.array(arr[:, :, :3])).permute(2, 0, 1)
+        return t.float().div_(255.0) if arr.dtype == np.uint8 else t.float()
+    if isinstance(image_or_path, torch.Tensor):
+        t = image_or_path
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise InputError(f"image tensor must be [3, H, W], got {list(t.shape)}")
+        return t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+    raise InputError(f"cannot read an image from a {type(image_or_path).__name__}")
+
+
+class Predictor:
+    """A trained detector with its preprocessing and category ids; ``predict(image)``."""
+
+    def __init__(self, model: torch.nn.Module, *, input_size: int, cat_ids: Sequence[int],
+                 categories: Sequence[dict] = (), config: dict | None = None) -> None:
+        self.model = model.eval()
+        self.input_size = int(input_size)
+        self.cat_ids = [int(c) for c in cat_ids]
+        self.categories = list(categories)
+        self.config = config or {}
+
+    def predict(self, image_or_path: Any, *, score_thresh: float = 0.0) -> dict:
+        """``{"boxes": [N, 4] xyxy original px, "scores": [N], "category_ids": [N]}``."""
+        image = as_image(image_or_path)  # [3, H, W]
+        out = detect_batch(self.model, [image], input_size=self.input_size)[0]
+        keep = out["scores"] >= score_thresh
+        ids = torch.tensor(self.cat_ids, dtype=torch.int64)
+        return {"boxes": out["boxes"][keep], "scores": out["scores"][keep],
+                "category_ids": ids[out["labels"][keep]]}
+
+    __call__ = predict
+
+
+def load_detector(checkpoint: str | os.PathLike, device: str = "cpu") -> Predictor:
+    """A ``Predictor`` from a checkpoint file (or a run folder holding best.pt / last.pt)."""
+    from sodlab.engine.checkpoint import build_from_checkpoint, load_checkpoint
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    ckpt = load_checkpoint(checkpoint)
+    model = build_from_checkpoint(ckpt, device)
+    return Predictor(model, input_size=ckpt["config"]["input_size"], cat_ids=ckpt["cat_ids"],
+                     categories=ckpt.get("categories", ()), config=ckpt["config"])
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """Image files under a folder (recursive, sorted) or the file itself; InputError if none."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise InputError(f"{p}: no such image file or folder")
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
