@@ -95,3 +95,36 @@ def test_make_writes_a_checkable_root(tmp_path, capsys):
     assert "dataset root" in capsys.readouterr().out
     assert (out / "train" / "annotations.json").is_file()
     assert main(["data", "check", str(out)]) == 0
+
+
+def test_make_with_a_stand_in_generator(tmp_path, monkeypatch, capsys):
+    """The command's own logic (cache kept unless --force, --out), with a stand-in synth."""
+    import json
+    import types
+
+    import sodlab.data as data
+
+    calls = []
+
+    def make_dataset(out, *, size="quick", seed=0, progress=True):
+        calls.append((out, size, seed))
+        for split in ("train", "val"):
+            _images(out / split / "images", ["a.png"])
+            save_coco(out / split, {"images": [{"id": 1, "file_name": "a.png", "width": 40,
+                                                "height": 30}], "annotations": [],
+                                    "categories": [{"id": 1, "name": "face"}]})
+        (out / "meta.json").write_text(json.dumps({"generator_version": "t1"}))
+        return out
+
+    fake = types.SimpleNamespace(GENERATOR_VERSION="t1", make_dataset=make_dataset,
+                                 default_dataset_dir=lambda size, seed: tmp_path / "cache")
+    monkeypatch.setitem(sys.modules, "sodlab.data.synth", fake)
+    monkeypatch.setattr(data, "synth", fake, raising=False)
+    assert main(["data", "make", "--no-progress", "--seed", "3"]) == 0
+    assert calls == [(tmp_path / "cache", "quick", 3)]
+    assert "1 images, 0 annotations" in capsys.readouterr().out
+    assert main(["data", "make", "--no-progress", "--seed", "3"]) == 0
+    assert len(calls) == 1 and "up to date" in capsys.readouterr().out
+    assert main(["data", "make", "--no-progress", "--force"]) == 0 and len(calls) == 2
+    assert main(["data", "make", "--out", str(tmp_path / "x"), "--size", "full"]) == 0
+    assert calls[-1] == (tmp_path / "x", "full", 0)

@@ -252,3 +252,38 @@ def test_dataloader_with_collate(tmp_path):
     dl = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
     batches = list(dl)
     assert [b[0].shape for b in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+
+
+def test_ensure_dataset_uses_cache_and_version(tmp_path, monkeypatch):
+    import shutil
+    import sys
+    import types
+
+    import sodlab.data as data
+
+    calls = []
+    fake = types.ModuleType("sodlab.data.synth")
+    fake.GENERATOR_VERSION = 3
+
+    def make_dataset(out, *, size="quick", seed=0, progress=True):
+        calls.append((out, size, seed, progress))
+        shutil.rmtree(out, ignore_errors=True)
+        for split in ("train", "val"):
+            make_split(out / split)
+        (out / "meta.json").write_text(json.dumps({"generator_version": fake.GENERATOR_VERSION}))
+        return out
+
+    fake.make_dataset = make_dataset
+    fake.default_dataset_dir = lambda size, seed: tmp_path / f"{size}-seed{seed}"
+    monkeypatch.setitem(sys.modules, "sodlab.data.synth", fake)
+    monkeypatch.setattr(data, "synth", fake, raising=False)
+    root = data.ensure_dataset("quick", 1)
+    assert root == tmp_path / "quick-seed1" and len(calls) == 1 and calls[0][3] is False
+    assert data.ensure_dataset("quick", 1) == root and len(calls) == 1  # cached
+    fake.GENERATOR_VERSION = 4  # a new generator: the cache is stale
+    assert not data.dataset_is_complete(root, 4)
+    assert data.ensure_dataset("quick", 1) == root
+    assert len(calls) == 2 and data.dataset_is_complete(root, 4)
+    (root / "val" / "annotations.json").unlink()  # incomplete
+    data.ensure_dataset("quick", 1)
+    assert len(calls) == 3

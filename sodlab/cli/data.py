@@ -20,7 +20,8 @@ pixel convention: a box [x1, y1, x2, y2] covers x1 <= x < x2 in continuous pixel
 _MAKE_EPILOG = """\
 The dataset is procedural and deterministic: the same --size and --seed give identical
 annotations and pixels. It is built only from images bundled with installed packages.
-Without --out it goes to the cache folder data/synth/<size>-seed<k>/ that the notebooks use.
+Without --out it goes to the cache folder data/synth/<size>-seed<k>/ that the notebooks use,
+and a complete cache made by the current generator version is kept (--force rebuilds it).
 
 example:
   sodlab data make --size quick --seed 0
@@ -90,6 +91,8 @@ def register(sub) -> None:
                    help="quick: small, for notebooks in quick mode; full: for real comparisons "
                    "(default: quick)")
     m.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    m.add_argument("--force", action="store_true",
+                   help="rebuild the cache folder even if it is complete and up to date")
     m.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     m.set_defaults(func=run_make)
@@ -142,9 +145,15 @@ def run_make(args) -> int:
         from sodlab.data import synth
     except ImportError as exc:
         raise InputError(f"the synthetic generator is not available ({exc})") from None
-    out = Path(args.out) if args.out else Path(synth.default_dataset_dir(args.size, args.seed))
-    root = synth.make_dataset(out, size=args.size, seed=args.seed, progress=args.progress)
+    from sodlab.data import dataset_is_complete
     from sodlab.data.coco import load_coco
+
+    out = Path(args.out) if args.out else Path(synth.default_dataset_dir(args.size, args.seed))
+    version = getattr(synth, "GENERATOR_VERSION", None)
+    if args.out is None and not args.force and dataset_is_complete(out, version):
+        print(f"{out}: up to date (generator version {version}); --force rebuilds it")
+        return 0
+    root = synth.make_dataset(out, size=args.size, seed=args.seed, progress=args.progress)
 
     for split in ("train", "val"):
         d = Path(root) / split
