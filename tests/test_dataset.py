@@ -189,9 +189,11 @@ def test_resize_scales_boxes_area_masks():
     assert img3.shape == (3, 80, 160) and torch.allclose(t3["area"], t["area"] * 4)
     img4, t4 = ResizeLongest(160, upscale=False)(img, t, None)
     assert img4 is img
-    e = _target([])
+    e = _target([], torch.zeros(0, 40, 80, dtype=torch.bool))
     _, te = ResizeLongest(40)(img, e, None)
-    assert te["boxes"].shape == (0, 4)
+    assert te["boxes"].shape == (0, 4) and te["masks"].shape == (0, 20, 40)
+    _, tf = hflip(img, e)
+    assert tf["boxes"].shape == (0, 4) and tf["masks"].shape == (0, 40, 80)
 
 
 def test_color_jitter_in_range_and_seeded():

@@ -47,7 +47,7 @@ class ResizeLongest:
     """Resize so the longer side is ``max_size`` pixels, keeping the aspect ratio.
 
     Boxes scale by ``W'/W`` and ``H'/H`` (the exact ratios after rounding the new size),
-    ``area`` by their product, masks by nearest-neighbour sampling. With
+    ``area`` by their product, masks by nearest-neighbour sampling (pixel centres). With
     ``upscale=False`` an image already smaller than ``max_size`` is left alone.
     """
 
@@ -74,7 +74,11 @@ class ResizeLongest:
             target["area"] = target["area"] * (sx * sy)
         if "masks" in target:
             m = target["masks"]  # [N, H, W]
-            target["masks"] = F.interpolate(m[None].float(), size=(nh, nw), mode="nearest")[0] > 0.5
+            if m.shape[0] == 0:
+                target["masks"] = m.new_zeros((0, nh, nw))
+            else:
+                target["masks"] = F.interpolate(m[None].float(), size=(nh, nw),
+                                                mode="nearest-exact")[0] > 0.5  # [N, H', W']
         return out, target
 
     def __repr__(self) -> str:
