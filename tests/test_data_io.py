@@ -1,6 +1,8 @@
 """Importers (WIDER FACE, VOC, COCO, YOLO), image conversion and check_split on tiny fixtures."""
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -226,6 +228,19 @@ def test_yolo_import_normalised_boxes_and_class_list(tmp_path):
         import_split("yolo", labels, imgs, tmp_path / "out2")
 
 
+def _png_rgb16(path, a):
+    """A 16-bit RGB PNG (PIL cannot write one), from a uint16 array [H, W, 3]."""
+    h = a.shape[0]
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    ihdr = struct.pack(">IIBBBBB", a.shape[1], h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
 def test_image_conversions_keep_values(tmp_path):
     src = tmp_path / "images"
     grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (4, 1))  # [4, 25]
@@ -235,14 +250,16 @@ def test_image_conversions_keep_values(tmp_path):
         src / "rgba.png")
     Image.fromarray(grey, mode="L").convert("P").save(src / "p.png")
     Image.fromarray(np.dstack([grey] * 3)).convert("CMYK").save(src / "cmyk.jpg", quality=100)
-    names = ["l.png", "i16.png", "rgba.png", "p.png", "cmyk.jpg"]
+    _png_rgb16(src / "rgb16.png", np.dstack([grey.astype(np.uint16) * 257] * 3))
+    names = ["l.png", "i16.png", "rgba.png", "p.png", "rgb16.png", "cmyk.jpg"]
     coco = {"images": [{"id": i, "file_name": n, "width": 25, "height": 4}
                        for i, n in enumerate(names, 1)], "annotations": [], "categories": []}
     save_coco(tmp_path, coco)
     kinds = [p.kind for p in check_split(tmp_path)]
-    assert kinds.count("needs_conversion") == 5
+    assert kinds.count("needs_conversion") == 6
     rep = import_split("coco", tmp_path / "annotations.json", src, tmp_path / "out")
-    assert rep.converted == 5 and rep.images == 5
+    assert rep.converted == 6 and rep.images == 6
+    assert any("rgb16.png (16-bit RGB" in m for m in rep.messages)
     got = load_coco(tmp_path / "out")
     assert got["images"][-1]["file_name"] == "cmyk.png"
     for im in got["images"]:

@@ -97,9 +97,9 @@ def _check_image(path: Path, im: dict, rec: str, decode: bool) -> list[Problem]:
         return [Problem(rec, "missing_image", f"no file {path}")]
     try:
         with Image.open(path) as pil:
+            why = needs_conversion(pil)
             if decode:
                 pil.load()
-            why = needs_conversion(pil)
             w, h = pil.size
     except (OSError, ValueError) as exc:
         return [Problem(rec, "unreadable_image", f"{path}: {exc}")]

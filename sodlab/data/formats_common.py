@@ -31,8 +31,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".we
 
 # --------------------------------------------------------------------------- images
 def needs_conversion(im: Image.Image) -> str | None:
-    """Why an image is not 8-bit RGB (e.g. ``"mode I;16"``), or None if it is."""
-    return None if im.mode == "RGB" else f"mode {im.mode}"
+    """Why an image is not 8-bit RGB (e.g. ``"mode I;16"``), or None if it is.
+
+    Call it before ``im.load()``: PIL opens a 16-bit RGB file as mode RGB and only its
+    undecoded tile (raw mode ``RGB;16B``) tells the file's bit depth.
+    """
+    if im.mode != "RGB":
+        return f"mode {im.mode}"
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args if isinstance(args, str) else (
+            args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else "")
+        if ";16" in raw or ";48" in raw:
+            return f"16-bit RGB ({raw})"
+    return None
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
@@ -167,8 +179,8 @@ def _write_images_and_anns(records, categories, images_dir, tmp, report, progres
         src = images_dir / rec.file_name
         try:
             with Image.open(src) as im:
-                im.load()
                 why = needs_conversion(im)
+                im.load()
                 w, h = im.size
                 dest = _dest_name(rec.file_name, why is not None, used_names)
                 (tmp / IMAGES / dest).parent.mkdir(parents=True, exist_ok=True)
