@@ -1,0 +1,270 @@
+"""Benchmark: training speed, VGA latency and memory per preset, and ours vs torchvision SSDlite.
+
+Layer L4. For every preset in ``sodlab.detector.PRESETS``, measured one after another in
+the same run, each in a fresh subprocess (so its memory peak is its own):
+
+- ``train_images_per_s``: optimizer steps on batches of 8 images at the preset's input size,
+  batches prepared in memory beforehand (data loading not timed), after warm-up steps;
+- ``vga_ms_1t`` / ``vga_ms_2t``: median eval-mode forward + post-processing time of one
+  640 x 480 image with ``torch.set_num_threads(1)`` and ``(2)``;
+- ``peak_rss_*_mb``: the process's peak resident memory (``resource.getrusage`` maxrss)
+  after importing and building the model, after inference, and after training; the
+  ``*_delta_mb`` values subtract the first, so they are what the phase added (torch's
+  allocator may keep freed memory, so they are upper bounds on live tensors).
+
+Then "what a user would pick instead": torchvision's ``ssdlite320_mobilenet_v3_large``
+(no pretrained weights, ``num_classes = C + 1``) trained from scratch with the SAME
+wall-clock budget as our ``fpn`` on the same dataset root (AdamW, warm-up + cosine over the
+budget, batch 8, horizontal flips; SSDlite resizes to 320 x 320 itself), both evaluated
+with ``sodlab.metrics.evaluate`` on ``val``. Full: 300 s each; quick: 20 s each. Notebook
+09_benchmark_report shows the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def _train_batches(root: Path, input_size: int, batch_size: int, n: int, seed: int) -> list:
+    from sodlab.data.dataset import DetectionDataset, collate
+    from sodlab.data.transforms import Compose, RandomHFlip, ResizeLongest
+    from sodlab.engine.train import epoch_batches
+
+    ds = DetectionDataset(root / "train", seed=seed,
+                          transforms=Compose([ResizeLongest(input_size), RandomHFlip()]))
+    order = [i for e in range(n) for b in epoch_batches(
+        len(ds), batch_size=batch_size, world_size=1, seed=seed, epoch=e) for i in b]
+    return [collate([ds[i] for i in order[k * batch_size:(k + 1) * batch_size]])
+            for k in range(n)]
+
+
+def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10,
+                   warmup: int = 2, repeats: int = 5, batch_size: int = 8,
+                   seed: int = 0) -> dict:
+    """Speed and memory of one preset in THIS process (run it in a fresh one)."""
+    from sodlab.detector import build_detector, make_config
+
+    from sodlab.data.dataset import DetectionDataset
+
+    root = Path(data_root)
+    threads = torch.get_num_threads()
+    cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_detector(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    rss0 = _maxrss_mb()
+    model.eval()
+    vga = torch.rand(1, 3, 480, 640, generator=torch.Generator().manual_seed(seed))
+    lat = {}
+    with torch.inference_mode():
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            model(vga)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(vga)
+                times.append(time.perf_counter() - t0)
+            lat[t] = 1000.0 * statistics.median(times)
+    torch.set_num_threads(threads)
+    rss_infer = _maxrss_mb()
+    batches = _train_batches(root, cfg.input_size, batch_size, warmup + steps, seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t0 = 0.0
+    for k, (images, targets) in enumerate(batches):
+        if k == warmup:
+            t0 = time.perf_counter()
+        loss = model(images, targets)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+    rss_train = _maxrss_mb()
+    return {"preset": preset, "input_size": cfg.input_size, "params": n_params,
+            "threads": threads, "batch_size": batch_size, "steps_timed": steps,
+            "train_images_per_s": steps * batch_size / train_s,
+            "vga_ms_1t": lat[1], "vga_ms_2t": lat[2],
+            "peak_rss_model_mb": rss0, "peak_rss_infer_mb": rss_infer,
+            "peak_rss_train_mb": rss_train, "infer_delta_mb": rss_infer - rss0,
+            "train_delta_mb": rss_train - rss0}
+
+
+def _measure_in_subprocess(preset: str, root: Path, **kw) -> dict:
+    code = ("import json, sys; from sodlab.bench.train_speed import measure_preset; "
+            "a = json.loads(sys.argv[1]); print(json.dumps(measure_preset(**a)))")
+    args = json.dumps({"preset": preset, "data_root": str(root), **kw})
+    res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"preset": preset, "error": res.stderr.strip().splitlines()[-1:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- torchvision SSDlite baseline
+def train_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, batch_size: int = 8,
+                  lr: float = 1e-3, seed: int = 0, progress: bool = False) -> tuple:
+    """torchvision SSDlite320-MobileNetV3 from scratch for ``max_seconds``; (model, stats)."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+    from tqdm.auto import tqdm
+
+    from sodlab.data.dataset import DetectionDataset
+    from sodlab.data.transforms import Compose, RandomHFlip
+    from sodlab.engine.train import epoch_batches, lr_factor
+
+    root = Path(data_root)
+    ds = DetectionDataset(root / "train", seed=seed, transforms=Compose([RandomHFlip()]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                              num_classes=ds.num_classes + 1)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        step, epoch, t0, losses = 0, 0, time.perf_counter(), []
+        bar = tqdm(disable=not progress, desc="ssdlite", unit="step")
+        done = False
+        while not done:
+            ds.set_epoch(epoch)
+            for batch in epoch_batches(len(ds), batch_size=batch_size, world_size=1, seed=seed,
+                                       epoch=epoch):
+                images, targets = [], []
+                for i in batch:
+                    img, t = ds[i]
+                    keep = ~t["iscrowd"]
+                    images.append(img)
+                    targets.append({"boxes": t["boxes"][keep], "labels": t["labels"][keep] + 1})
+                elapsed = time.perf_counter() - t0
+                for g in opt.param_groups:
+                    g["lr"] = lr * lr_factor(step, warmup=20, progress=elapsed / max_seconds)
+                loss = sum(model(images, targets).values())
+                if not math.isfinite(float(loss.detach())):
+                    raise RuntimeError(f"ssdlite loss became {float(loss.detach())} at step {step + 1}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                opt.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(1)
+                if time.perf_counter() - t0 >= max_seconds:
+                    done = True
+                    break
+            epoch += 1
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return model.eval(), {"steps": step, "images_seen": step * batch_size,
+                          "seconds": seconds, "first_loss": losses[0], "final_loss": losses[-1]}
+
+
+@torch.inference_mode()
+def evaluate_ssdlite(model, split_dir: str | os.PathLike) -> dict:
+    """Size-wise metrics of a torchvision detector (labels 1..C) on a split folder."""
+    from sodlab.boxes import xyxy_to_xywh
+    from sodlab.data.dataset import DetectionDataset
+    from sodlab.metrics import evaluate
+
+    ds = DetectionDataset(split_dir)
+    dets, t_model = [], 0.0
+    for i in range(len(ds)):
+        img, t = ds[i]
+        t0 = time.perf_counter()
+        out = model([img])[0]  # boxes in the original image's pixels
+        t_model += time.perf_counter() - t0
+        top = out["scores"].argsort(descending=True)[:100]
+        for box, s, lab in zip(xyxy_to_xywh(out["boxes"][top]).tolist(),
+                               out["scores"][top].tolist(), out["labels"][top].tolist()):
+            dets.append({"image_id": t["image_id"], "category_id": ds.cat_ids[lab - 1],
+                         "bbox": box, "score": s})
+    m = dict(evaluate(ds.coco, dets))
+    m["images_per_s"] = len(ds) / max(t_model, 1e-9)
+    return m
+
+
+def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, seed: int = 0,
+                         progress: bool = False) -> dict:
+    """Our ``fpn`` vs SSDlite320, same data root, same wall-clock budget, same evaluation."""
+    from sodlab.engine import evaluate_model, load_detector, train
+
+    root = Path(data_root)
+    keys = ("AP", "AP50", "AP_small", "AP_tiny", "AR_small", "images_per_s")
+    with tempfile.TemporaryDirectory() as tmp:
+        s = train("fpn", root, Path(tmp) / "fpn", max_seconds=max_seconds, batch_size=8,
+                  seed=seed, device="cpu", progress=progress, val_every=0)
+        pred = load_detector(Path(tmp) / "fpn" / "last.pt")
+        m = evaluate_model(pred.model, root / "val", input_size=pred.input_size,
+                           cat_ids=pred.cat_ids)
+    ours = {"steps": s["steps"], "images_seen": s["images_seen"], "seconds": s["seconds"],
+            "final_loss": s["final_loss"], "input_size": pred.input_size,
+            **{k: m[k] for k in keys}}
+    model, stats = train_ssdlite(root, max_seconds=max_seconds, seed=seed, progress=progress)
+    m2 = evaluate_ssdlite(model, root / "val")
+    theirs = {**stats, "input_size": 320, "params": sum(p.numel() for p in model.parameters()),
+              **{k: m2[k] for k in keys}}
+    return {"budget_s": max_seconds, "fpn": ours, "ssdlite320_mobilenet_v3": theirs}
+
+
+def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
+        presets: list[str] | None = None, compare: bool = True, seed: int = 0,
+        compare_seconds: float | None = None) -> dict:
+    """Per-preset speed and memory, and fpn vs SSDlite under one wall-clock budget."""
+    from sodlab.detector import PRESETS
+
+    from sodlab.data.coco import dataset_hash
+    from sodlab.provenance import provenance
+
+    t_start = time.perf_counter()
+    if data_root is None:
+        from sodlab.data import ensure_dataset
+
+        data_root = ensure_dataset("quick" if quick else "full", seed, progress=progress)
+    root = Path(data_root)
+    kw = dict(steps=3, warmup=1, repeats=3) if quick else dict(steps=10, warmup=2, repeats=10)
+    names = list(presets) if presets is not None else list(PRESETS)
+    per_preset = {}
+    for name in names:
+        per_preset[name] = _measure_in_subprocess(name, root, seed=seed, **kw)
+    out = {"data_root": str(root), "presets": per_preset,
+           "notes": {"train_images_per_s": "batch 8 at the preset's input size, in-memory "
+                     "batches, after warm-up, torch's default threads",
+                     "vga_ms": "median eval forward + post-processing of one 640x480 image",
+                     "peak_rss": "resource.getrusage maxrss of a fresh process per preset"}}
+    if compare:
+        secs = compare_seconds if compare_seconds is not None else (20.0 if quick else 300.0)
+        out["vs_ssdlite"] = compare_with_ssdlite(root, max_seconds=secs, seed=seed,
+                                                 progress=progress)
+    out["provenance"] = provenance(seed=seed, data_hash=dataset_hash(root), quick=quick,
+                                   seconds=time.perf_counter() - t_start)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="training speed / latency / memory per preset")
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-compare", action="store_true")
+    a = ap.parse_args()
+    result = run(quick=not a.full, progress=False, data_root=a.data, compare=not a.no_compare)
+    if a.out:
+        from sodlab.files import write_json
+
+        write_json(a.out, result)
+    json.dump(result, sys.stdout, indent=1)
