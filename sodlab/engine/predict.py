@@ -108,8 +108,9 @@ def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, inpu
     timing: dict = {}
     dets = predict_split(model, split_dir, input_size=input_size, batch_size=batch_size,
                          progress=progress, cat_ids=cat_ids, timing=timing)
-    ds_coco = DetectionDataset(split_dir).coco
-    metrics = dict(evaluate(ds_coco, dets))
+    from sodlab.data.coco import load_coco
+
+    metrics = dict(evaluate(load_coco(split_dir), dets))
     metrics["images_per_s"] = timing["images"] / max(timing["seconds"], 1e-9)
     metrics["num_detections"] = len(dets)
     return metrics

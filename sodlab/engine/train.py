@@ -166,7 +166,8 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     ``augment``: transforms after ``ResizeLongest`` (default ``[RandomHFlip()]``; ``[]`` for
     none). ``val_every``: validate every this many epochs and at the end (0: never).
-    ``save_every``: also write ``last.pt`` every this many steps. ``stop_at_step``: stop
+    ``save_every``: write ``last.pt`` every this many steps (and at an epoch end
+    after validation or when as many steps passed since the last save). ``stop_at_step``: stop
     after this global step as if interrupted (``last.pt`` written; resume later).
     ``build_model``: replaces ``sodlab.detector.build_detector`` (tests, baselines).
     """
@@ -218,10 +219,9 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
     except (ImportError, InputError):
         data_hash = None
     extra = list(augment) if augment is not None else [RandomHFlip()]
-    probe = DetectionDataset(root / "train")
-    cfg = _build_config(cfg, probe.num_classes, overrides)
-    ds = DetectionDataset(root / "train", seed=seed,
-                          transforms=Compose([ResizeLongest(cfg.input_size), *extra]))
+    ds = DetectionDataset(root / "train", seed=seed)
+    cfg = _build_config(cfg, ds.num_classes, overrides)
+    ds.transforms = Compose([ResizeLongest(cfg.input_size), *extra])
     if len(ds) == 0:
         raise InputError(f"{ds.ann_path}: the training split has no images")
     val_dir = root / "val"
@@ -274,11 +274,13 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
     if rank == 0:
         write_json(out_dir / "config.json", {"config": cfg_dict, "train": meta})
 
+    base_prov = provenance(seed=seed, data_hash=data_hash, device=str(dev), world_size=world)
+
     def prov() -> dict:
-        return provenance(seed=seed, data_hash=data_hash, seconds=state["seconds"],
-                          device=str(dev), world_size=world)
+        return {**base_prov, "seconds": round(state["seconds"], 3)}
 
     def save(path: Path) -> None:
+        saved["step"] = state["step"]
         if rank != 0:
             return
         save_checkpoint(path, config=cfg_dict, model=_unwrap(model).state_dict(),
@@ -300,6 +302,7 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
                                      batch_size=batch_size, cat_ids=ds.cat_ids)
             _unwrap(model).train()
             state["metrics"] = metrics
+            saved["val_step"] = state["step"]
             score = _score(metrics)
             if state["best_score"] is None or score > state["best_score"]:
                 state["best_score"], state["best_metrics"] = score, metrics
@@ -320,6 +323,10 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
             flag = bool(t.item())
         return flag
 
+    # Epoch-end validation is skipped when fewer than a tenth of the run's steps passed since
+    # the last one, so a small dataset (many short epochs) is not validated hundreds of times.
+    val_gap = max(1, total // 10) if total else steps_per_epoch
+    saved = {"step": state["step"], "val_step": state["step"]}
     model.train()
     t_call, seen_call = time.perf_counter(), 0
     t_prev = state["seconds"]
@@ -377,14 +384,17 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
                 metrics = None
-                if do_val and state["epoch"] % val_every == 0 and not budget_done():
+                if (do_val and state["epoch"] % val_every == 0
+                        and state["step"] - saved["val_step"] >= val_gap and not budget_done()):
                     metrics = validate()
                 log({"event": "epoch", "epoch": state["epoch"], "step": state["step"],
                      "images_seen": state["images_seen"], "seconds": round(state["seconds"], 3),
                      "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
                      "lr": opt.param_groups[0]["lr"], "val": metrics})
                 epoch_losses = []
-                save(last)
+                if metrics is not None or state["step"] - saved["step"] >= min(
+                        save_every or steps_per_epoch, steps_per_epoch * 10):
+                    save(last)
     except KeyboardInterrupt:
         save(last)
         raise
