@@ -1,0 +1,117 @@
+"""Benchmarks and notebook runs: record a notebook's numbers, run the benchmark modules.
+
+Layer L4. Notebook 09 (benchmark report) and ``reports/index.html`` show what is written here.
+
+- ``record(out_dir, stem, numbers, quick=, seed=, data_dir=, seconds=)`` writes
+  ``out_dir/<stem>.json`` = ``{"notebook", "numbers", "provenance"}``; every notebook ends
+  with it.
+- ``BENCHMARKS``: the plain, ordered list of benchmark modules ``sodlab.bench.<name>``,
+  each exposing ``run(*, quick: bool, progress: bool) -> dict``.
+- ``run_benchmarks(quick=, only=, progress=)`` runs them one after another (a module not
+  written yet is skipped with a note) and returns one dict with provenance.
+- ``notebooks.run_notebooks`` executes the notebooks with papermill; ``report`` writes the
+  HTML index.
+
+Nothing heavy is imported at module level, so notebooks can import ``record`` cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from pathlib import Path
+
+# Run in this order by ``sodlab bench``; a name whose module does not exist yet is skipped.
+BENCHMARKS: list[str] = ["eval_speed", "train_speed", "sliding", "augment_speed"]
+
+
+def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:
+    """``sodlab.data.coco.dataset_hash`` of ``data_dir``, or None if unavailable."""
+    if data_dir is None:
+        return None
+    try:
+        from sodlab.data.coco import dataset_hash
+    except ImportError:
+        return None
+    try:
+        return dataset_hash(data_dir)
+    except (OSError, ValueError):
+        return None
+    except Exception as exc:  # an InputError for a folder that is not a dataset
+        if type(exc).__name__ == "InputError":
+            return None
+        raise
+
+
+def record(out_dir: str | os.PathLike, stem: str, numbers: dict, *, quick: bool, seed: int,
+           data_dir: str | os.PathLike | None = None, seconds: float | None = None) -> Path:
+    """Write ``out_dir/<stem>.json`` with the notebook's key numbers and their provenance.
+
+    ``numbers`` must be JSON-serialisable (plain floats, ints, strings, lists, dicts).
+    Returns the path written (atomically).
+    """
+    from sodlab.files import write_json
+    from sodlab.provenance import provenance
+
+    path = Path(out_dir) / f"{stem}.json"
+    prov = provenance(seed=seed, data_hash=_dataset_hash(data_dir), quick=quick,
+                      seconds=seconds)
+    write_json(path, {"notebook": stem, "numbers": numbers, "provenance": prov})
+    return path
+
+
+def load_benchmark(name: str):
+    """The module ``sodlab.bench.<name>``, or None if it does not exist (yet)."""
+    full = f"sodlab.bench.{name}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:
+        if exc.name == full:
+            return None
+        raise
+
+
+def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
+                   progress: bool = False, on_result=None) -> dict:
+    """Run the benchmark modules in ``BENCHMARKS`` order (or the names in ``only``).
+
+    Returns ``{"benchmarks": {name: result dict}, "skipped": {name: reason},
+    "seconds": {name: s}, "provenance": {...}}``. ``on_result(name, result_or_None, note)``
+    is called after each one (the CLI prints as it goes). A benchmark that raises is
+    recorded under ``"failed"`` with its error and the others still run.
+    """
+    from sodlab.errors import InputError
+
+    names = list(BENCHMARKS) if not only else list(only)
+    unknown = [n for n in names if n not in BENCHMARKS and load_benchmark(n) is None]
+    if unknown:
+        raise InputError(f"unknown benchmark(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(BENCHMARKS)}")
+    out: dict = {"benchmarks": {}, "skipped": {}, "failed": {}, "seconds": {}}
+    t_all = time.perf_counter()
+    for name in names:
+        module = load_benchmark(name)
+        if module is None or not hasattr(module, "run"):
+            note = f"sodlab.bench.{name} is not written yet"
+            out["skipped"][name] = note
+            if on_result:
+                on_result(name, None, note)
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = module.run(quick=quick, progress=progress)
+        except Exception as exc:  # keep going: one broken benchmark must not hide the rest
+            out["failed"][name] = f"{type(exc).__name__}: {exc}"
+            out["seconds"][name] = round(time.perf_counter() - t0, 3)
+            if on_result:
+                on_result(name, None, out["failed"][name])
+            continue
+        out["seconds"][name] = round(time.perf_counter() - t0, 3)
+        out["benchmarks"][name] = result
+        if on_result:
+            on_result(name, result, None)
+    from sodlab.provenance import provenance
+
+    out["provenance"] = provenance(quick=quick, seconds=time.perf_counter() - t_all)
+    return out

@@ -1,0 +1,225 @@
+"""Write ``reports/index.html``: every notebook's status, time and key numbers in one page.
+
+Layer L4. Called by ``notebooks.run_notebooks``; read by the maintainer after each change.
+One self-contained page (inline CSS, no external assets, no JavaScript):
+
+- a row per notebook: status, run time (flagged over 90 s in quick mode), its key numbers
+  (from the JSON it wrote), a link to its executed HTML, and, where ``results/<stem>.json``
+  (committed full-mode results) exists, those numbers beside the live ones;
+- the errors of failed notebooks;
+- ``reports/bench.json`` (``sodlab bench``) as one table per benchmark;
+- the run's provenance (commit, versions, threads, CPU, seed, data, mode, time).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+QUICK_LIMIT_S = 90.0
+MAX_NUMBERS = 12  # key numbers shown per notebook row; the JSON has them all
+
+CSS = """
+body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       color: #222; margin: 2em auto; max-width: 1200px; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.25em; margin-top: 1.6em; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; width: 100%; margin: .6em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 5px 8px; text-align: left;
+         vertical-align: top; }
+th { background: #f4f5f7; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.ok { color: #1a7f37; font-weight: 600; } .failed { color: #cf222e; font-weight: 600; }
+.slow { background: #fff3cd; color: #7a5a00; border-radius: 3px; padding: 0 4px;
+        font-size: .85em; font-weight: 600; }
+.kv { margin: 0; padding: 0; list-style: none; font-size: .9em; }
+.kv li { white-space: nowrap; } .kv b { font-weight: 500; color: #555; }
+.full { color: #0b5394; }
+pre.err { background: #fff5f5; border-left: 3px solid #cf222e; padding: .5em .8em;
+          white-space: pre-wrap; font-size: .85em; margin: .3em 0; }
+.note { color: #666; font-size: .9em; }
+dl.prov { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px;
+          font-size: .9em; } dl.prov dt { color: #555; } dl.prov dd { margin: 0; }
+"""
+
+
+def fmt(value) -> str:
+    """A number or value as short text: floats to 4 significant digits."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        if len(value) <= 4 and all(isinstance(v, (int, float, str)) for v in value):
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
+        return f"[{len(value)} values]"
+    return str(value)
+
+
+def flatten(numbers, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as ``{"a.b": value}``; lists stay as values."""
+    out: dict[str, object] = {}
+    if not isinstance(numbers, dict):
+        return {prefix or "value": numbers} if numbers is not None else {}
+    for key, value in numbers.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _kv_list(numbers, css: str = "", limit: int = MAX_NUMBERS) -> str:
+    flat = flatten(numbers)
+    if not flat:
+        return '<span class="note">—</span>'
+    items = list(flat.items())
+    lis = [f"<li><b>{html.escape(k)}</b> {html.escape(fmt(v))}</li>" for k, v in items[:limit]]
+    if len(items) > limit:
+        lis.append(f'<li class="note">… {len(items) - limit} more in the JSON</li>')
+    cls = f"kv {css}".strip()
+    return f'<ul class="{cls}">' + "".join(lis) + "</ul>"
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def committed_results(results_dir: str | os.PathLike | None) -> dict[str, dict]:
+    """``results/*.json`` by stem (each ``{"numbers": ..., "provenance": ...}`` or plain)."""
+    out: dict[str, dict] = {}
+    if results_dir is None or not Path(results_dir).is_dir():
+        return out
+    for p in sorted(Path(results_dir).glob("*.json")):
+        obj = _load_json(p)
+        if isinstance(obj, dict):
+            out[p.stem] = obj
+    return out
+
+
+def _notebook_table(rows: list[dict], full: dict[str, dict]) -> str:
+    show_full = any(r["stem"] in full for r in rows) or bool(full)
+    head = ["Notebook", "Status", "Time", "Key numbers (this run)"]
+    if show_full:
+        head.append("Committed full-mode results")
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        stem = html.escape(r["stem"])
+        link = (f'<a href="{html.escape(r["html"])}">{stem}</a>' if r.get("html") else stem)
+        status = r.get("status", "?")
+        st = f'<span class="{"ok" if status == "ok" else "failed"}">{html.escape(status)}</span>'
+        secs = r.get("seconds")
+        time_txt = "—" if secs is None else f"{secs:.1f} s"
+        if r.get("quick") and secs is not None and secs > QUICK_LIMIT_S:
+            time_txt += f' <span class="slow" title="quick mode should take under ' \
+                        f'{QUICK_LIMIT_S:.0f} s">over {QUICK_LIMIT_S:.0f} s</span>'
+        mode = "quick" if r.get("quick") else "full"
+        cells = [link, st, f'{time_txt}<br><span class="note">{mode}</span>',
+                 _kv_list(r.get("numbers"))]
+        if r.get("error"):
+            cells[3] += f'<pre class="err">{html.escape(r["error"])}</pre>'
+        if show_full:
+            obj = full.get(r["stem"])
+            cells.append(_kv_list(obj.get("numbers", obj), "full") if obj else
+                         '<span class="note">—</span>')
+        tds = "".join(f'<td class="num">{c}</td>' if i == 2 else f"<td>{c}</td>"
+                      for i, c in enumerate(cells))
+        out.append(f"<tr>{tds}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _bench_section(bench: dict) -> str:
+    parts = ["<h2>Benchmarks (<code>sodlab bench</code>)</h2>"]
+    prov = bench.get("provenance") or {}
+    if prov:
+        parts.append(f'<p class="note">{html.escape(str(prov.get("mode")))} mode, '
+                     f'{html.escape(str(prov.get("threads")))} threads, '
+                     f'{html.escape(str(prov.get("time")))}, commit '
+                     f'{html.escape(str(prov.get("commit")))}</p>')
+    seconds = bench.get("seconds") or {}
+    for name, result in (bench.get("benchmarks") or {}).items():
+        secs = seconds.get(name)
+        title = html.escape(name) + (f' <span class="note">({secs:.1f} s)</span>'
+                                     if isinstance(secs, (int, float)) else "")
+        parts.append(f"<h3>{title}</h3>")
+        flat = {k: v for k, v in flatten(result).items() if not k.startswith("provenance")}
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td class=\"num\">{html.escape(fmt(v))}"
+                       "</td></tr>" for k, v in flat.items())
+        parts.append(f"<table><tr><th>Measure</th><th>Value</th></tr>{rows}</table>")
+    for key, label in (("skipped", "skipped"), ("failed", "failed")):
+        for name, note in (bench.get(key) or {}).items():
+            parts.append(f'<p class="note"><b>{html.escape(name)}</b> {label}: '
+                         f"{html.escape(str(note))}</p>")
+    return "\n".join(parts)
+
+
+def _prov_section(prov: dict) -> str:
+    items = []
+    for key, value in prov.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        items.append(f"<dt>{html.escape(str(key))}</dt><dd>{html.escape(str(value))}</dd>")
+    return '<h2>Provenance of this run</h2><dl class="prov">' + "".join(items) + "</dl>"
+
+
+def render_index(rows: list[dict], *, provenance: dict | None = None,
+                 full: dict[str, dict] | None = None, bench: dict | None = None) -> str:
+    """The HTML text of the index page (see the module docstring)."""
+    full = full or {}
+    n_ok = sum(r.get("status") == "ok" for r in rows)
+    n_slow = sum(bool(r.get("quick")) and (r.get("seconds") or 0) > QUICK_LIMIT_S
+                 for r in rows)
+    summary = f"{n_ok} of {len(rows)} notebooks ran"
+    if n_ok < len(rows):
+        summary += f', <span class="failed">{len(rows) - n_ok} failed</span>'
+    if n_slow:
+        summary += f', <span class="slow">{n_slow} over {QUICK_LIMIT_S:.0f} s</span>'
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>sodlab report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>sodlab report</h1>", f'<p class="sub">{summary}.</p>',
+             "<h2>Notebooks</h2>", _notebook_table(rows, full)]
+    if full:
+        parts.append('<p class="note">Committed full-mode results come from '
+                     "<code>results/*.json</code>: real runs of the full budget, shown "
+                     "beside this run's numbers.</p>")
+        extra = {k: v for k, v in full.items() if k not in {r["stem"] for r in rows}}
+        if extra:
+            parts.append("<h2>Other committed results</h2><table><tr><th>File</th>"
+                         "<th>Numbers</th></tr>")
+            for stem, obj in extra.items():
+                nums = obj.get("numbers", obj) if isinstance(obj, dict) else obj
+                parts.append(f"<tr><td>{html.escape(stem)}</td><td>"
+                             f"{_kv_list(nums, 'full', limit=30)}</td></tr>")
+            parts.append("</table>")
+    if bench:
+        parts.append(_bench_section(bench))
+    if provenance:
+        parts.append(_prov_section(provenance))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_index(reports_dir: str | os.PathLike, rows: list[dict], *,
+                provenance: dict | None = None,
+                results_dir: str | os.PathLike | None = "results",
+                bench_path: str | os.PathLike | None = None) -> Path:
+    """Write ``reports_dir/index.html`` from notebook rows (``NotebookResult`` dicts)."""
+    from sodlab.files import write_bytes
+
+    bench = _load_json(Path(bench_path)) if bench_path else None
+    text = render_index(rows, provenance=provenance, full=committed_results(results_dir),
+                        bench=bench if isinstance(bench, dict) else None)
+    path = Path(reports_dir) / "index.html"
+    write_bytes(path, text.encode("utf-8"))
+    return path
