@@ -187,8 +187,9 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-BUCKET_COLOURS = {"tiny": (230, 25, 75), "small": (245, 130, 48), "medium": (60, 180, 75),
-                  "large": (0, 130, 200)}
+# The colours of sodlab.viz.BUCKET_COLORS (matplotlib's tab10 red, orange, green, blue).
+BUCKET_COLOURS = {"tiny": (214, 39, 40), "small": (255, 127, 14), "medium": (44, 160, 44),
+                  "large": (31, 119, 180)}
 
 
 def draw_detections(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor):
