@@ -1,0 +1,165 @@
+"""Plotting helpers: boxes coloured by size bucket on an image, size histograms with buckets.
+
+Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
+(what_is_small); every notebook that shows detections or sizes uses it.
+
+- ``show_image(ax, image)``: an image given as a float tensor ``[3, H, W]`` in [0, 1], a
+  ``[H, W, 3]`` / ``[H, W]`` array (uint8 or float) or a PIL image.
+- ``draw_boxes(ax, boxes, areas=None, ...)``: ``[N, 4]`` xyxy pixel boxes, outlined in the
+  colour of their size bucket (``bucket_of(area)``; area = the COCO ``area`` field when given,
+  else the box area), optional labels and scores; returns the patches drawn.
+- ``bucket_legend(ax)``: a legend of the bucket colours with their area ranges.
+- ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
+- ``size_histogram(ax, sizes, ...)``: a histogram of ``sqrt(area)`` (px) on a log axis with
+  the bucket boundaries 16, 32, 96 drawn and labelled.
+
+Every function takes a matplotlib ``Axes`` (or makes one when ``ax=None``) and returns
+what it drew, so a notebook composes figures itself. Dimension legend: N boxes, H x W image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from sodlab.boxes import AREA_RANGES, bucket_of
+
+BUCKET_COLORS: dict[str, str] = {
+    "tiny": "#d62728",    # red
+    "small": "#ff7f0e",   # orange
+    "medium": "#2ca02c",  # green
+    "large": "#1f77b4",   # blue
+}
+# sqrt(area) boundaries of the buckets: tiny <= 16, small <= 32, medium <= 96 (inclusive).
+BOUNDARIES: dict[str, float] = {"tiny": 16.0, "small": 32.0, "medium": 96.0}
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _axes(ax, figsize=(6, 4)):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def to_hwc(image) -> np.ndarray:
+    """An image as a ``[H, W, 3]`` (or ``[H, W]``) numpy array ready for ``imshow``."""
+    if hasattr(image, "convert") and not hasattr(image, "shape"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    arr = _np(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    return arr
+
+
+def show_image(ax, image, *, title: str | None = None):
+    """Show an image without axes ticks; returns the Axes."""
+    ax = _axes(ax)
+    arr = to_hwc(image)
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def draw_boxes(ax, boxes, areas=None, *, labels: Sequence[str] | None = None,
+               scores=None, linewidth: float = 1.5, linestyle: str = "-",
+               color: str | None = None, fontsize: float = 7):
+    """Outline ``boxes [N, 4]`` (xyxy px) coloured by size bucket; returns the patches.
+
+    ``areas [N]``: the area deciding each box's bucket (default: the box's own w*h).
+    ``color`` overrides the bucket colours (for, e.g., ground truth vs detections).
+    """
+    from matplotlib.patches import Rectangle
+
+    ax = _axes(ax)
+    b = _np(boxes).reshape(-1, 4).astype(np.float64)  # [N, 4]
+    a = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) if areas is None else \
+        _np(areas).reshape(-1).astype(np.float64)  # [N]
+    s = None if scores is None else _np(scores).reshape(-1)
+    patches = []
+    for i, (x1, y1, x2, y2) in enumerate(b):
+        c = color or BUCKET_COLORS[bucket_of(float(a[i]))]
+        rect = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c,
+                         linewidth=linewidth, linestyle=linestyle)
+        ax.add_patch(rect)
+        patches.append(rect)
+        text = []
+        if labels is not None:
+            text.append(str(labels[i]))
+        if s is not None:
+            text.append(f"{float(s[i]):.2f}")
+        if text:
+            ax.text(x1, y1 - 1, " ".join(text), color=c, fontsize=fontsize, va="bottom")
+    return patches
+
+
+def bucket_legend(ax, *, loc: str = "upper right", fontsize: float = 8):
+    """A legend of the bucket colours with their COCO area ranges."""
+    from matplotlib.lines import Line2D
+
+    ax = _axes(ax)
+    handles = []
+    for name, col in BUCKET_COLORS.items():
+        lo, hi = AREA_RANGES[name]
+        lo_s = "0" if name in ("tiny", "small") else f"{math.sqrt(lo):.0f}²"
+        hi_s = "∞" if hi >= 1e9 else f"{math.sqrt(hi):.0f}²"
+        handles.append(Line2D([], [], color=col, lw=2, label=f"{name} [{lo_s}, {hi_s}]"))
+    return ax.legend(handles=handles, loc=loc, fontsize=fontsize, title="area (px²)",
+                     title_fontsize=fontsize)
+
+
+def size_axis(ax, *, lo: float = 1.0, hi: float = 1024.0):
+    """A log x axis with plain ticks at powers of two (2, 4, 8, 16, 32, ...) between lo and hi."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ticks = [2.0**k for k in range(0, 13) if lo <= 2.0**k <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:.0f}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    return ax
+
+
+def size_histogram(ax, sizes, *, bins: int | Sequence[float] = 40, log: bool = True,
+                   label: str | None = None, color: str = "0.35", boundaries: bool = True,
+                   xlabel: str = "sqrt(area) (px)"):
+    """Histogram of object sizes ``sqrt(area)`` with the bucket boundaries 16/32/96 marked.
+
+    Returns the Axes. ``log`` uses logarithmic bins and x axis (sizes must be > 0).
+    """
+    ax = _axes(ax)
+    x = _np(sizes).reshape(-1).astype(np.float64)
+    x = x[np.isfinite(x)]
+    if log:
+        x = x[x > 0]
+        if isinstance(bins, int):
+            lo = max(float(x.min()) if x.size else 1.0, 0.5)
+            hi = max(float(x.max()) if x.size else 100.0, lo * 1.01)
+            bins = np.geomspace(lo, hi, bins + 1)
+        size_axis(ax, lo=float(np.min(bins)) * 0.9, hi=float(np.max(bins)) * 1.1)
+    ax.hist(x, bins=bins, color=color, alpha=0.8, label=label)
+    if boundaries:
+        ymax = ax.get_ylim()[1]
+        for name, edge in BOUNDARIES.items():
+            ax.axvline(edge, color=BUCKET_COLORS[name], lw=1.5, ls="--")
+            ax.text(edge, ymax * 0.97, f" {name} ≤ {edge:.0f}", color=BUCKET_COLORS[name],
+                    rotation=90, va="top", ha="right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("objects")
+    return ax

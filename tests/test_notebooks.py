@@ -1,0 +1,151 @@
+"""Every notebook runs in quick mode through the harness; the harness and index.html work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sodlab.bench import notebooks as nbrun
+from sodlab.bench import record, report, run_benchmarks
+from sodlab.errors import InputError
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_quick(path, quick_dataset, tmp_path):
+    # quick_dataset makes the embedded dataset once; the notebook finds it in the cache
+    results = nbrun.run_notebooks(quick=True, only=[path.stem], reports_dir=tmp_path,
+                                  progress=False, timeout_per_cell=600)
+    assert [r.stem for r in results] == [path.stem]
+    res = results[0]
+    assert res.ok, res.error
+    out = json.loads((tmp_path / "nb" / f"{path.stem}.json").read_text())
+    assert out["notebook"] == path.stem
+    assert isinstance(out["numbers"], dict) and out["numbers"]
+    prov = out["provenance"]
+    assert prov["mode"] == "quick" and prov["seed"] == 0 and "commit" in prov
+    assert (tmp_path / "executed" / f"{path.stem}.ipynb").is_file()
+    assert (tmp_path / "html" / f"{path.stem}.html").is_file()
+    assert path.stem in (tmp_path / "index.html").read_text()
+
+
+def _write_nb(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('QUICK = True\nSEED = 0\nOUT_DIR = "../reports/nb"\n'
+                                       "DATA_DIR = None\nPROGRESS = True",
+                                       metadata={"tags": ["parameters"]})
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python",
+                                 "display_name": "Python 3"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.slow
+def test_harness_continues_after_failure_and_passes_parameters(tmp_path):
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _write_nb(books / "00_ok.ipynb",
+              "import os, sys\nfrom sodlab.bench import record\n"
+              "record(OUT_DIR, '00_ok', {'cwd': os.path.basename(os.getcwd()), 'quick': QUICK,\n"
+              "       'progress': PROGRESS, 'exe': sys.executable}, quick=QUICK, seed=SEED)")
+    _write_nb(books / "01_bad.ipynb", "raise ValueError('broken on purpose')")
+    _write_nb(books / "02_silent.ipynb", "x = 1")  # runs but writes no JSON
+    reports = tmp_path / "rep"
+    seen = []
+    results = nbrun.run_notebooks(quick=False, reports_dir=reports, progress=False,
+                                  notebooks=books, on_result=seen.append, seed=3)
+    assert [r.stem for r in results] == ["00_ok", "01_bad", "02_silent"] == [r.stem for r in seen]
+    ok, bad, silent = results
+    assert ok.ok and ok.numbers["cwd"] == "nbs" and ok.numbers["quick"] is False
+    assert ok.numbers["progress"] is False
+    import sys
+
+    assert Path(ok.numbers["exe"]).resolve() == Path(sys.executable).resolve()  # the venv kernel
+    assert json.loads((reports / "nb" / "00_ok.json").read_text())["provenance"]["seed"] == 3
+    assert not bad.ok and "broken on purpose" in bad.error
+    assert (reports / "html" / "01_bad.html").is_file()  # the failure is kept for reading
+    assert not silent.ok and "wrote no" in silent.error
+    index = (reports / "index.html").read_text()
+    assert "broken on purpose" in index and 'href="html/00_ok.html"' in index
+    # --only updates one row and keeps the others
+    nbrun.run_notebooks(quick=True, only=["00"], reports_dir=reports, progress=False,
+                        notebooks=books)
+    rows = json.loads((reports / "notebooks.json").read_text())["notebooks"]
+    assert [r["stem"] for r in rows] == ["00_ok", "01_bad", "02_silent"]
+    assert rows[0]["quick"] is True and rows[1]["quick"] is False
+
+
+def test_find_notebooks_only_prefixes(tmp_path):
+    for name in ("00_a", "01_b", "03_c"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    (tmp_path / "scratch.ipynb").write_text("{}")
+    assert [p.stem for p in nbrun.find_notebooks(None, tmp_path)] == ["00_a", "01_b", "03_c"]
+    assert [p.stem for p in nbrun.find_notebooks(["03", "00"], tmp_path)] == ["00_a", "03_c"]
+    with pytest.raises(InputError, match="07"):
+        nbrun.find_notebooks(["07"], tmp_path)
+
+
+def test_cli_bad_only_is_input_error(capsys):
+    from sodlab.cli import main
+
+    assert main(["notebooks", "--only", "9x"]) == 2
+    assert "matches no notebook" in capsys.readouterr().err
+
+
+def test_record_writes_numbers_and_provenance(tmp_path):
+    path = record(tmp_path / "nb", "00_x", {"a": 1.5}, quick=True, seed=7, seconds=2.0)
+    out = json.loads(path.read_text())
+    assert out["notebook"] == "00_x" and out["numbers"] == {"a": 1.5}
+    prov = out["provenance"]
+    assert prov["seed"] == 7 and prov["mode"] == "quick" and prov["seconds"] == 2.0
+    assert prov["data_hash"] is None and prov["threads"] >= 1
+
+
+def test_index_flags_failed_and_slow(tmp_path):
+    rows = [
+        {"stem": "00_fine", "status": "ok", "seconds": 12.0, "quick": True,
+         "html": "html/00_fine.html", "numbers": {"shares": {"tiny": 0.25}, "n": 3}},
+        {"stem": "01_broken", "status": "failed", "seconds": 3.0, "quick": True,
+         "error": "ValueError: <bad> thing", "html": "html/01_broken.html", "numbers": None},
+        {"stem": "02_slow", "status": "ok", "seconds": 131.5, "quick": True,
+         "html": None, "numbers": {"AP": 0.123456}},
+        {"stem": "03_full", "status": "ok", "seconds": 400.0, "quick": False, "numbers": {}},
+    ]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "02_slow.json").write_text(json.dumps({"numbers": {"AP": 0.4321}}))
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"benchmarks": {"eval_speed": {"speedup": 7.5}},
+                                 "skipped": {"sliding": "not written yet"}, "failed": {},
+                                 "seconds": {"eval_speed": 4.0},
+                                 "provenance": {"mode": "quick", "threads": 2}}))
+    path = report.write_index(tmp_path, rows, provenance={"commit": "abc123", "threads": 2},
+                              results_dir=results, bench_path=bench)
+    text = path.read_text()
+    assert text.count("over 90 s</span>") == 1 + 1  # the slow row and the summary line
+    assert "02_slow" in text and "131.5 s" in text and "400.0 s" in text
+    assert 'class="failed">failed' in text and "ValueError: &lt;bad&gt; thing" in text
+    assert "1 failed" in text and "3 of 4 notebooks ran" in text
+    assert 'href="html/00_fine.html"' in text and "shares.tiny" in text and "0.1235" in text
+    assert "Committed full-mode results" in text and "0.4321" in text
+    assert "eval_speed" in text and "speedup" in text and "not written yet" in text
+    assert "abc123" in text
+    assert "http://" not in text and "https://" not in text  # no external assets
+
+
+def test_benchmarks_skip_modules_not_written_yet(monkeypatch):
+    import sodlab.bench as bench
+
+    monkeypatch.setattr(bench, "BENCHMARKS", ["not_written_yet_xyz"])
+    notes = []
+    out = run_benchmarks(quick=True, on_result=lambda n, r, note: notes.append((n, note)))
+    assert out["skipped"] == {"not_written_yet_xyz": "sodlab.bench.not_written_yet_xyz is not "
+                                                     "written yet"}
+    assert out["benchmarks"] == {} and "threads" in out["provenance"] and notes
+    with pytest.raises(InputError):
+        run_benchmarks(quick=True, only=["no_such_bench_xyz"])
