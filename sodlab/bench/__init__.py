@@ -48,7 +48,8 @@ def record(out_dir: str | os.PathLike, stem: str, numbers: dict, *, quick: bool,
            data_dir: str | os.PathLike | None = None, seconds: float | None = None) -> Path:
     """Write ``out_dir/<stem>.json`` with the notebook's key numbers and their provenance.
 
-    ``numbers`` must be JSON-serialisable (plain floats, ints, strings, lists, dicts).
+    ``numbers`` must be JSON-serialisable (plain floats, ints, strings, lists, dicts);
+    ``reports/index.html`` shows its first dozen (flattened) entries, so put the key ones first.
     Returns the path written (atomically).
     """
     from sodlab.files import write_json

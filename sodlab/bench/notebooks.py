@@ -151,7 +151,8 @@ def run_one(path: Path, *, quick: bool, seed: int, reports_dir: Path,
     return res
 
 
-def _merge_history(reports_dir: Path, results: list[NotebookResult]) -> list[dict]:
+def _merge_history(reports_dir: Path, results: list[NotebookResult], provenance: dict
+                   ) -> list[dict]:
     """Update ``notebooks.json`` with this run's results and return every row, by stem."""
     from sodlab.files import write_json
 
@@ -165,8 +166,23 @@ def _merge_history(reports_dir: Path, results: list[NotebookResult]) -> list[dic
     for r in results:
         rows[r.stem] = dataclasses.asdict(r)
     ordered = [rows[k] for k in sorted(rows)]
-    write_json(hist_path, {"notebooks": ordered})
+    write_json(hist_path, {"notebooks": ordered, "provenance": provenance})
     return ordered
+
+
+def refresh_index(reports_dir: str | os.PathLike = "reports") -> Path | None:
+    """Rewrite ``index.html`` from ``notebooks.json`` (e.g. after ``sodlab bench``); None if
+    no notebooks were run into this folder yet."""
+    from sodlab.bench.report import write_index
+
+    reports = Path(reports_dir)
+    try:
+        hist = json.loads((reports / "notebooks.json").read_text())
+        rows = list(hist["notebooks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return write_index(reports, rows, provenance=hist.get("provenance"),
+                       results_dir=repo_root() / "results", bench_path=reports / "bench.json")
 
 
 def run_notebooks(*, quick: bool = True, only: list[str] | None = None,
@@ -214,7 +230,7 @@ def run_notebooks(*, quick: bool = True, only: list[str] | None = None,
     prov = provenance(seed=seed, data_hash=data_hash, quick=quick,
                       seconds=time.perf_counter() - t_all,
                       data_dir=str(data_dir) if data_dir is not None else "embedded", kernel=KERNEL_NAME)
-    rows = _merge_history(reports, results)
+    rows = _merge_history(reports, results, prov)
     write_index(reports, rows, provenance=prov, results_dir=repo_root() / "results",
                 bench_path=reports / "bench.json")
     return results

@@ -58,4 +58,12 @@ def run(args: argparse.Namespace) -> int:
     out = run_benchmarks(quick=args.quick, only=only, progress=args.progress, on_result=show)
     write_json(args.out, out)
     print(f"\nwrote {args.out}")
+    from pathlib import Path
+
+    from sodlab.bench.notebooks import refresh_index
+
+    if Path(args.out).name == "bench.json":
+        index = refresh_index(Path(args.out).parent)
+        if index is not None:
+            print(f"updated {index}")
     return 1 if out["failed"] else 0
