@@ -126,7 +126,9 @@ def run_one(path: Path, *, quick: bool, seed: int, reports_dir: Path,
         pm.execute_notebook(str(path), str(executed), parameters=params,
                             kernel_name=KERNEL_NAME, language="python", cwd=str(path.parent),
                             progress_bar=False, log_output=False,
-                            execution_timeout=timeout_per_cell)
+                            execution_timeout=timeout_per_cell,
+                            # the kernel's start-up warnings would clutter the CLI's lines
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except Exception as exc:  # PapermillExecutionError, timeouts, a dead kernel
         error = _one_line(exc)
     seconds = time.perf_counter() - t0
