@@ -34,14 +34,12 @@ def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:
         from sodlab.data.coco import dataset_hash
     except ImportError:
         return None
+    from sodlab.errors import InputError
+
     try:
         return dataset_hash(data_dir)
-    except (OSError, ValueError):
+    except (OSError, ValueError, InputError):  # not a dataset folder: no hash, no failure
         return None
-    except Exception as exc:  # an InputError for a folder that is not a dataset
-        if type(exc).__name__ == "InputError":
-            return None
-        raise
 
 
 def record(out_dir: str | os.PathLike, stem: str, numbers: dict, *, quick: bool, seed: int,
