@@ -292,3 +292,14 @@ def test_ddp_two_processes_equal_one_with_double_batch(root, tmp_path):
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
         moved += float((b["model"][k] - init.state_dict()[k]).abs().sum())
     assert moved > 0
+
+
+def test_worker_processes_do_not_change_the_result(root, tmp_path, tiny_detector):
+    from sodlab.engine import load_checkpoint, train
+
+    for w in (0, 2):
+        train(TinyConfig(bn=True), root, tmp_path / f"w{w}", max_steps=3, batch_size=3,
+              progress=False, val_every=0, build_model=TinyDetector, num_workers=w)
+    a = load_checkpoint(tmp_path / "w0" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "w2" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
