@@ -248,3 +248,35 @@ class CopyPaste:
         if float(torch.rand((), generator=g)) >= self.p:
             return image, target
         return copy_paste(image, target, g=g, **self.kwargs)
+
+
+class RepeatedDataset(torch.utils.data.Dataset):
+    """A view of a ``DetectionDataset`` where item i appears ``repeats[i]`` times per epoch.
+
+    Each copy draws its own random transforms (from (seed, epoch, position in the view)), so
+    an oversampled image is flipped and pasted differently each time it is seen. Attributes
+    the engine reads (``cat_ids``, ``num_classes``, ``ann_path``, ...) come from the base.
+    """
+
+    def __init__(self, base, repeats: Sequence[int]) -> None:
+        if len(repeats) != len(base):
+            raise ValueError(f"need one repeat count per item: {len(repeats)} for {len(base)}")
+        self.base = base
+        self.index = torch.repeat_interleave(torch.arange(len(base)),
+                                             torch.as_tensor(list(repeats))).tolist()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getattr__(self, name: str):
+        if name in ("base", "index"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, j: int):
+        from sodlab.data.dataset import item_generator
+
+        return self.base.get(self.index[j], item_generator(self.base.seed, self.base.epoch, j))

@@ -190,3 +190,31 @@ def test_oversampling_sampler_splits_across_ranks():
     whole.set_epoch(2)
     full = list(whole)
     assert sorted(parts[0] + parts[1]) == sorted(full)  # 8 = total, no padding needed
+
+
+def test_repeated_dataset_draws_fresh_transforms_per_copy():
+    from sodlab.augment import RepeatedDataset
+
+    class Base:
+        seed, epoch, cat_ids = 0, 0, [1]
+
+        def __len__(self):
+            return 3
+
+        def set_epoch(self, e):
+            self.epoch = e
+
+        def get(self, i, g):
+            return i, float(torch.rand((), generator=g))
+
+    view = RepeatedDataset(Base(), [1, 3, 1])
+    assert len(view) == 5 and view.cat_ids == [1]
+    items = [view[j] for j in range(5)]
+    assert [i for i, _ in items] == [0, 1, 1, 1, 2]
+    draws = [d for i, d in items if i == 1]
+    assert len(set(draws)) == 3  # three copies, three different random draws
+    assert [view[j] for j in range(5)] == items  # deterministic
+    view.set_epoch(1)
+    assert [view[j] for j in range(5)] != items
+    with pytest.raises(ValueError):
+        RepeatedDataset(Base(), [1, 2])

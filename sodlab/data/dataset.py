@@ -136,6 +136,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         return target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        return self.get(index, item_generator(self.seed, self.epoch, index))
+
+    def get(self, index: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Item ``index`` with its random transforms drawn from ``g``."""
         info = self.images[index]
         path = self.images_dir / info["file_name"]
         image = read_image(path)  # [3, H, W]
@@ -146,7 +150,6 @@ class DetectionDataset(torch.utils.data.Dataset):
                              f"{info.get('width')}x{info.get('height')} (run 'sodlab data check')")
         target = self.load_target(index, h, w)
         if self.transforms is not None:
-            g = item_generator(self.seed, self.epoch, index)
             image, target = self.transforms(image, target, g)
         return image, target
 
