@@ -159,13 +159,17 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
           weight_decay: float = 1e-4, optimizer: str = "adamw", warmup_steps: int | None = None,
           grad_clip: float | None = 10.0, seed: int = 0, device: str = "auto",
           resume: bool = False, progress: bool = True, augment: Sequence[Callable] | None = None,
+          transforms: Sequence[Callable] | None = None, oversample: Sequence[int] | None = None,
+          with_masks: bool = False,
           overrides: Sequence[str] | dict = (), val_every: int = 1, save_every: int = 100,
           num_workers: int = 0, stop_at_step: int | None = None,
           build_model: Callable[[Any], torch.nn.Module] | None = None) -> dict:
     """Train and return a summary (steps, images seen, seconds, final validation metrics).
 
     ``augment``: transforms after ``ResizeLongest`` (default ``[RandomHFlip()]``; ``[]`` for
-    none). ``val_every``: validate every this many epochs and at the end (0: never).
+    none). ``transforms``: the whole chain instead (for SNIP/SNIPER, which resize themselves).
+    ``oversample``: a repeat count per training image (``sodlab.augment.oversample_repeats``).
+    ``with_masks``: load object masks (copy-paste needs them). ``val_every``: validate every this many epochs and at the end (0: never).
     ``save_every``: write ``last.pt`` every this many steps (and at an epoch end
     after validation or when as many steps passed since the last save). ``stop_at_step``: stop
     after this global step as if interrupted (``last.pt`` written; resume later).
@@ -198,6 +202,7 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                           weight_decay=weight_decay, optimizer=optimizer,
                           warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, dev=dev,
                           resume=resume, progress=progress and rank == 0, augment=augment,
+                          transforms=transforms, oversample=oversample, with_masks=with_masks,
                           overrides=overrides, val_every=val_every, save_every=save_every,
                           num_workers=num_workers, stop_at_step=stop_at_step,
                           build_model=build_model or _default_build, world=world, rank=rank)
@@ -209,6 +214,7 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
 def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, batch_size, lr,
            weight_decay, optimizer, warmup_steps, grad_clip, seed, dev, resume, progress,
            augment, overrides, val_every, save_every, num_workers, stop_at_step, build_model,
+           transforms=None, oversample=None, with_masks=False,
            world, rank) -> dict:
     from sodlab.provenance import provenance
 
@@ -219,9 +225,17 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
     except (ImportError, InputError):
         data_hash = None
     extra = list(augment) if augment is not None else [RandomHFlip()]
-    ds = DetectionDataset(root / "train", seed=seed)
+    ds = DetectionDataset(root / "train", seed=seed, with_masks=with_masks)
     cfg = _build_config(cfg, ds.num_classes, overrides)
-    ds.transforms = Compose([ResizeLongest(cfg.input_size), *extra])
+    if transforms is not None:
+        extra = list(transforms)
+        ds.transforms = Compose(extra)
+    else:
+        ds.transforms = Compose([ResizeLongest(cfg.input_size), *extra])
+    if oversample is not None:
+        from sodlab.augment import RepeatedDataset
+
+        ds = RepeatedDataset(ds, oversample)
     if len(ds) == 0:
         raise InputError(f"{ds.ann_path}: the training split has no images")
     val_dir = root / "val"
@@ -269,7 +283,8 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
             "global_batch": batch_size * world, "lr": lr, "optimizer": optimizer,
             "weight_decay": weight_decay, "schedule": sched, "device": str(dev),
             "threads": torch.get_num_threads(), "data_root": str(root), "data_hash": data_hash,
-            "augment": [repr(t) for t in extra], "steps_per_epoch": steps_per_epoch,
+            "augment": [repr(t) for t in extra],
+            "oversample": None if oversample is None else sum(oversample), "steps_per_epoch": steps_per_epoch,
             "budget": {"max_steps": max_steps, "epochs": epochs, "max_seconds": max_seconds}}
     if rank == 0:
         write_json(out_dir / "config.json", {"config": cfg_dict, "train": meta})
