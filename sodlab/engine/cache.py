@@ -54,25 +54,29 @@ def _norm_overrides(overrides: Sequence[str] | dict) -> list[str]:
 
 
 def run_key(preset: str, data_root: str | os.PathLike, *, overrides: Sequence[str] | dict = (),
-            seed: int = 0, max_steps: int, batch_size: int, input_size: int | None) -> str:
+            seed: int = 0, max_steps: int, batch_size: int, input_size: int | None,
+            recipe: dict | None = None) -> str:
     """The cache key (hex SHA-256) of a training run."""
     from sodlab import __version__
 
     return sha256_json({"preset": preset, "overrides": _norm_overrides(overrides),
                         "data": data_hash_of(data_root), "seed": int(seed),
                         "max_steps": int(max_steps), "batch_size": int(batch_size),
-                        "input_size": input_size, "sodlab": __version__})
+                        "input_size": input_size, "sodlab": __version__,
+                        **({"recipe": recipe} if recipe else {})})
 
 
 def cached_train(preset: str, data_root: str | os.PathLike, *,
                  overrides: Sequence[str] | dict = (), seed: int = 0, max_steps: int = 300,
                  batch_size: int = 8, quick: bool = True, progress: bool = False,
                  device: str = "cpu", val_every: int = 0,
-                 cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:
+                 cache_dir: str | os.PathLike | None = None, recipe: dict | None = None
+                 ) -> tuple[Path, dict]:
     """Train ``preset`` on ``data_root`` once per key; return (checkpoint path, summary).
 
     ``quick`` is recorded in the summary's provenance (the budget itself is ``max_steps``).
     Validation metrics at the end are part of the summary (evaluated on ``root/val``).
+    ``recipe``: how the training data is augmented or rescaled (``sodlab.engine.recipes``).
     """
     from sodlab.data.dataset import DetectionDataset
     from sodlab.detector import make_config
@@ -82,7 +86,7 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
     num_classes = DetectionDataset(root / "train").num_classes
     cfg = make_config(preset, num_classes=num_classes, overrides=overrides)
     key = run_key(preset, root, overrides=overrides, seed=seed, max_steps=max_steps,
-                  batch_size=batch_size, input_size=cfg.input_size)
+                  batch_size=batch_size, input_size=cfg.input_size, recipe=recipe)
     run_dir = Path(cache_dir) if cache_dir else cache_root()
     run_dir = run_dir / key
     summary_path = run_dir / SUMMARY
@@ -92,8 +96,11 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
         summary = json.loads(summary_path.read_text())
         summary["cached"] = True
         return run_dir / "best.pt", summary
+    from sodlab.engine.recipes import train_kwargs
+
+    extra = train_kwargs(recipe, input_size=cfg.input_size, train_split=root / "train")
     summary = train(cfg, root, run_dir, max_steps=max_steps, batch_size=batch_size, seed=seed,
-                    device=device, progress=progress, val_every=val_every, resume=True)
+                    device=device, progress=progress, val_every=val_every, resume=True, **extra)
     if summary.get("metrics") is None and (root / "val" / "annotations.json").is_file():
         from sodlab.engine.predict import evaluate_model, load_detector
 
@@ -101,6 +108,7 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
         summary["metrics"] = evaluate_model(pred.model, root / "val", input_size=cfg.input_size,
                                             batch_size=batch_size, cat_ids=pred.cat_ids)
     summary["key"] = key
+    summary["recipe"] = recipe
     summary["provenance"]["mode"] = "quick" if quick else "full"
     write_json(summary_path, summary)
     summary["cached"] = False

@@ -1,0 +1,62 @@
+"""Training recipes: JSON specs become the engine's transforms, oversampling and masks."""
+
+import json
+
+import pytest
+import torch
+
+from sodlab.augment import CopyPaste
+from sodlab.engine.recipes import train_kwargs
+from sodlab.errors import InputError
+from sodlab.snip import SniperChip, SnipScale
+
+
+@pytest.fixture()
+def split(tmp_path):
+    coco = {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
+            "annotations": [{"image_id": 1, "area": 100.0, "iscrowd": 0},
+                            {"image_id": 2, "area": 5000.0, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "face"}]}
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    return tmp_path
+
+
+def test_default_is_flip_only(split):
+    kw = train_kwargs(None, input_size=256, train_split=split)
+    assert set(kw) == {"augment"} and len(kw["augment"]) == 1
+
+
+def test_oversample_and_copy_paste(split):
+    kw = train_kwargs({"oversample": 3, "copy_paste": {"p": 1.0, "with_context": True}},
+                      input_size=256, train_split=split)
+    assert kw["oversample"] == [3, 1, 1]
+    assert kw["with_masks"] is True
+    cp = kw["augment"][-1]
+    assert isinstance(cp, CopyPaste) and cp.p == 1.0 and cp.kwargs == {"with_context": True}
+
+
+def test_snip_and_sniper_replace_the_chain(split):
+    kw = train_kwargs({"snip": {"scales": [2, 1, 0.5], "ranges": [[0, 32], [16, 64], [48, None]]}},
+                      input_size=256, train_split=split)
+    assert isinstance(kw["transforms"][0], SnipScale) and "augment" not in kw
+    assert kw["transforms"][0].ranges[2][1] == float("inf")
+    kw = train_kwargs({"sniper": {"scales": [1], "ranges": [[0, None]], "chip": 128},
+                       "flip": False}, input_size=256, train_split=split)
+    assert isinstance(kw["transforms"][0], SniperChip) and len(kw["transforms"]) == 1
+    img, t = kw["transforms"][0](torch.rand(3, 300, 300), {
+        "boxes": torch.tensor([[10.0, 10, 40, 40]]), "labels": torch.tensor([0]),
+        "iscrowd": torch.tensor([False]), "area": torch.tensor([900.0]), "image_id": 1},
+        torch.Generator().manual_seed(0))
+    assert img.shape[1] <= 128 and img.shape[2] <= 128
+
+
+def test_bad_recipes(split):
+    with pytest.raises(InputError, match="unknown recipe keys"):
+        train_kwargs({"mosaic": True}, input_size=256, train_split=split)
+    with pytest.raises(InputError, match="not both"):
+        train_kwargs({"snip": {"scales": [1], "ranges": [[0, None]]},
+                      "sniper": {"scales": [1], "ranges": [[0, None]]}},
+                     input_size=256, train_split=split)
+    with pytest.raises(InputError, match="valid at no scale"):
+        train_kwargs({"snip": {"scales": [2, 1], "ranges": [[0, 10], [20, None]]}},
+                     input_size=256, train_split=split)
