@@ -19,7 +19,7 @@ _EXPORTS = {
     "TrainingDiverged": "train", "epoch_batches": "train",
     "lr_factor": "train", "resolve_device": "train", "summary_line": "train",
     "evaluate_model": "predict", "predict_split": "predict", "load_detector": "predict",
-    "Predictor": "predict", "detect_batch": "predict",
+    "Predictor": "predict", "detect_batch": "predict", "detect_pyramid": "predict",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "cached_train": "cache", "run_key": "cache", "cache_root": "cache",
 }

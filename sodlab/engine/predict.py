@@ -62,14 +62,34 @@ def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
     return results
 
 
+@torch.inference_mode()
+def detect_pyramid(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
+                   input_sizes: Sequence[int], nms_iou: float = 0.5,
+                   max_dets: int = 100) -> list[dict]:
+    """An image pyramid: detect at every input size, map back, merge with class-wise NMS."""
+    import torchvision
+
+    per_size = [detect_batch(model, images, input_size=s) for s in input_sizes]
+    results = []
+    for outs in zip(*per_size):
+        boxes = torch.cat([o["boxes"] for o in outs])  # [N, 4]
+        scores = torch.cat([o["scores"] for o in outs])
+        labels = torch.cat([o["labels"] for o in outs])
+        keep = torchvision.ops.batched_nms(boxes, scores, labels, nms_iou)[:max_dets]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return results
+
+
 def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
                   batch_size: int = 8, score_thresh: float = 0.0, progress: bool = False,
                   cat_ids: Sequence[int] | None = None,
-                  timing: dict | None = None) -> list[dict]:
+                  timing: dict | None = None,
+                  pyramid: Sequence[int] | None = None) -> list[dict]:
     """COCO result dicts for every image of a split folder, boxes in original pixels.
 
     ``cat_ids`` maps contiguous labels to category ids (default: the split's own sorted
-    category ids). ``timing``, if given, receives ``images`` and ``seconds``.
+    category ids). ``timing``, if given, receives ``images`` and ``seconds``. ``pyramid``:
+    input sizes of an image pyramid (``detect_pyramid``) instead of ``input_size`` alone.
     """
     ds = DetectionDataset(split_dir)
     ids = list(cat_ids) if cat_ids is not None else ds.cat_ids
@@ -80,7 +100,8 @@ def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input
     for chunk in tqdm(chunks, disable=not progress, desc="predict", leave=False):
         images = [ds[i][0] for i in chunk]
         t0 = time.perf_counter()
-        outs = detect_batch(model, images, input_size=input_size)
+        outs = (detect_pyramid(model, images, input_sizes=pyramid) if pyramid else
+                detect_batch(model, images, input_size=input_size))
         seconds += time.perf_counter() - t0
         n_done += len(chunk)
         for i, out in zip(chunk, outs):
@@ -98,7 +119,8 @@ def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input
 
 def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
                    batch_size: int = 8, progress: bool = False,
-                   cat_ids: Sequence[int] | None = None) -> dict:
+                   cat_ids: Sequence[int] | None = None,
+                   pyramid: Sequence[int] | None = None) -> dict:
     """Size-wise COCO metrics of ``model`` on a split folder, plus ``images_per_s``.
 
     ``images_per_s`` counts resize + forward + post-processing (not image decoding).
@@ -107,7 +129,7 @@ def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, inpu
 
     timing: dict = {}
     dets = predict_split(model, split_dir, input_size=input_size, batch_size=batch_size,
-                         progress=progress, cat_ids=cat_ids, timing=timing)
+                         progress=progress, cat_ids=cat_ids, timing=timing, pyramid=pyramid)
     from sodlab.data.coco import load_coco
 
     metrics = dict(evaluate(load_coco(split_dir), dets))
