@@ -11,10 +11,11 @@ Each image: a background photo crop; face-like non-face crops without a body (ha
 negatives, not annotated); people drawn far to near (torso and shoulders in a clothing
 colour, a neck, a hair/head ellipse, then the face crop tinted to a skin tone inside its
 elliptical mask). A person drawn later hides what it covers of earlier faces: their
-visible masks shrink; a face less than 40 % visible, or drawn heavily blurred, is marked
-``iscrowd: 1``; one less than 15 % visible is dropped. Groups stand side by side at one
-size (``group``); the same identity may appear twice (``identity``). The whole composed
-image then goes through one blur, noise and JPEG round trip (``render.degrade``).
+visible masks shrink. A face less than 40 % visible (hidden, or cut by the image border)
+or drawn heavily blurred is marked ``iscrowd: 1``; one less than 15 % visible is dropped.
+Groups stand side by side at one size (``group``: an index within the image); the same
+identity (LFW crop index) may appear twice. The whole composed image then goes through
+one blur, noise and JPEG round trip (``render.degrade``).
 
 Shapes: images ``[H, W, 3]`` uint8 with 320 <= H, W <= 640; masks ``[H, W]`` bool.
 Annotations: ``bbox`` = tight box of the visible mask, ``area`` = its pixel count,
@@ -24,10 +25,12 @@ the image) give the drawn context.
 
 from __future__ import annotations
 
+import glob
 import multiprocessing
 import os
 import shutil
-import tempfile
+import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from sodlab.data import render
 from sodlab.errors import InputError
 from sodlab.files import write_json
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SIZES = {"quick": (200, 50), "full": (3000, 500)}  # (train, val) images
 SPLIT_IDS = {"train": 0, "val": 1}
 # face width (px) bins: (share, low, high), log-uniform inside; area ~ 0.94 x width^2
@@ -139,7 +142,8 @@ def _draw_person(img: np.ndarray, rng: np.random.Generator, p: dict, face_crop: 
         x1, y1, x2, y2 = b
         for o in earlier:
             o["mask"][y1:y2, x1:x2] &= ~face[y1:y2, x1:x2]
-    return {"mask": face, "full": max(int(face.sum()), 1), "blurry": blurry,
+    full = np.pi / 4 * max(round(w), 2) * max(round(h), 2)  # the ellipse, unclipped
+    return {"mask": face, "full": full, "blurry": blurry,
             "group": p["group"], "identity": p["identity"],
             "head_bbox": [cx - 0.6 * w, cy - 0.7 * h, 1.2 * w, 1.24 * h],
             "body_bbox": [cx - 1.5 * w, cy - 0.7 * h, 3.0 * w, 5.6 * h]}
@@ -219,7 +223,9 @@ def make_dataset(out: str | os.PathLike | None = None, *, size: str = "quick", s
               "val": int(num_val if num_val is not None else SIZES[size][1])}
     workers = int(workers if workers is not None else (2 if size == "full" else 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_stale(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # hidden and unfinished until renamed to ``out``
     pool = None
     try:
         if workers > 1:
@@ -245,12 +251,20 @@ def make_dataset(out: str | os.PathLike | None = None, *, size: str = "quick", s
     return out
 
 
+def _remove_stale(out: Path, max_age_s: float = 3600.0) -> None:
+    """Remove unfinished or old copies of ``out`` that a killed run left beside it."""
+    now = time.time()
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if p.suffix in (".tmp", ".old") and p.is_dir() and now - p.stat().st_mtime > max_age_s:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished ``tmp`` to ``out``, moving an older ``out`` aside first."""
     old = None
     if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "root")
+        old = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.old"
+        os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
