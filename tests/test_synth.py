@@ -186,3 +186,26 @@ def test_default_dir_bad_size_and_quiet_progress(tmp_path, capsys):
     synth.make_dataset(tmp_path / "y", progress=False, num_train=1, num_val=1)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_rle_decodes_in_pycocotools():
+    mask_api = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(1)
+    for shape in ((9, 7), (20, 33)):
+        m = rng.random(shape) < 0.3
+        rle = mask_api.frPyObjects(render.rle_encode(m), *shape)
+        assert np.array_equal(mask_api.decode(rle).astype(bool), m)
+        assert int(mask_api.area(rle)) == int(m.sum())
+
+
+def test_stale_unfinished_copies_are_removed(tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".root.1-ab.tmp", tmp_path / ".root.2-cd.tmp"
+    stale.mkdir()
+    fresh.mkdir()
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    synth.make_dataset(tmp_path / "root", progress=False, num_train=1, num_val=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "root"]
