@@ -1,0 +1,225 @@
+"""The one configurable single-shot detector every technique plugs into, assembled by build_detector.
+
+An anchor-based detector of the RetinaNet/SSD family: backbone -> neck (``none`` = one level,
+``fpn``, ``ssh``) -> shared head -> anchors per level -> IoU matching -> focal loss (or
+softmax with 3:1 hard-negative mining) -> post-processing (score threshold, top-k per level,
+decoding, class-wise NMS, ``max_dets``). Named presets keep their paper's structure; anchor
+sizes are the paper's times one factor, ``anchor_scale``, chosen so the smallest anchor fits
+the embedded dataset's smallest faces (about 5 px):
+
+- ``baseline``: one level at stride 16 with the FPN paper's five sizes 32…512 all on it,
+  x 1/4 -> 8…128, ratios {1:2, 1:1, 2:1} (15 anchors per cell).
+- ``fpn``: P2–P6 (strides 4…64), one size per level 32…512 x 1/4 -> 8…128, ratios
+  {1:2, 1:1, 2:1}; positive IoU 0.5, negative 0.4 (RetinaNet).
+- ``ssh``: M1 stride 8 sizes 16, 32; M2 stride 16 sizes 64, 128; M3 stride 32 sizes 256, 512
+  (SSH), x 1/4 -> 4…128, ratio 1; positive 0.5, negative 0.3.
+
+Taught in notebooks 03 and 04. Shapes: ``images [B, 3, H, W]`` (zero-padded batches; each
+target's ``size`` gives the real image); training returns scalar losses, eval returns per
+image ``boxes [N, 4]`` (input pixels), ``scores [N]``, ``labels [N]`` (contiguous).
+Dimension legend: B batch, A anchors of the whole image, K classes, N detections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import nn
+
+from sodlab.anchors import LevelSpec, anchors_for_level
+from sodlab.boxes import BoxCoder
+from sodlab.errors import InputError
+from sodlab.losses import box_loss, focal_loss, softmax_ohem_loss
+from sodlab.matching import match_anchors
+from sodlab.models.backbones import build_backbone
+from sodlab.models.heads import Head
+from sodlab.models.necks import build_neck
+
+
+@dataclass
+class DetectorConfig:
+    """Everything that defines a detector; JSON-serialisable with ``dataclasses.asdict``."""
+
+    preset: str = "fpn"
+    num_classes: int = 1
+    input_size: int = 384
+    backbone: str = "tiny"
+    neck: str = "fpn"
+    width: int = 64
+    head_depth: int = 1
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[8], [16], [32], [64],
+                                                                     [128]])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    anchor_offset: float = 0.5
+    anchor_scale: float = 0.25
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    loss: str = "focal"
+    score_thresh: float = 0.05
+    nms_iou: float = 0.5
+    topk_per_level: int = 1000
+    max_dets: int = 100
+    lr: float = 2e-3
+
+
+def _baseline(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="baseline", neck="none", strides=[16],
+                          anchor_sizes=[[8, 16, 32, 64, 128]], **kw)
+
+
+def _fpn(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="fpn", **kw)
+
+
+def _ssh(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="ssh", neck="ssh", strides=[8, 16, 32],
+                          anchor_sizes=[[4, 8], [16, 32], [64, 128]], anchor_ratios=[1.0],
+                          pos_iou=0.5, neg_iou=0.3, **kw)
+
+
+PRESETS: dict[str, Callable[..., DetectorConfig]] = {"baseline": _baseline, "fpn": _fpn,
+                                                     "ssh": _ssh}
+
+
+def _parse(value):
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def make_config(preset: str, *, num_classes: int, overrides=()) -> DetectorConfig:
+    """A preset's config with ``key=value`` overrides (values parsed as JSON when they parse)."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = PRESETS[preset](num_classes=num_classes)
+    items = overrides.items() if isinstance(overrides, dict) else (
+        o.split("=", 1) if "=" in o else (o, None) for o in overrides)
+    valid = {f.name for f in dataclasses.fields(DetectorConfig)}
+    for key, value in items:
+        key = key.strip()
+        if value is None:
+            raise InputError(f"override {key!r} needs the form key=value")
+        if key not in valid:
+            raise InputError(f"unknown config key {key!r}; valid keys: {sorted(valid)}")
+        setattr(cfg, key, _parse(value))
+    if len(cfg.anchor_sizes) != len(cfg.strides):
+        raise InputError(f"anchor_sizes has {len(cfg.anchor_sizes)} levels but strides has "
+                         f"{len(cfg.strides)}")
+    return cfg
+
+
+class Detector(nn.Module):
+    """Backbone, neck, head, anchors, matching, loss and post-processing of one config."""
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.levels = [LevelSpec(s, tuple(sz), tuple(cfg.anchor_ratios), cfg.anchor_offset)
+                       for s, sz in zip(cfg.strides, cfg.anchor_sizes)]
+        self.backbone = build_backbone(cfg.backbone)
+        self.neck = build_neck(cfg.neck, self.backbone.channels, list(cfg.strides), cfg.width)
+        softmax = cfg.loss == "softmax_ohem"
+        if cfg.loss not in ("focal", "softmax_ohem"):
+            raise InputError(f"unknown loss {cfg.loss!r}; choose focal or softmax_ohem")
+        self.head = Head(cfg.width, {lv.stride: lv.num_anchors for lv in self.levels},
+                         cfg.num_classes + (1 if softmax else 0), depth=cfg.head_depth,
+                         prior=None if softmax else 0.01)
+        self.coder = BoxCoder()
+        self._anchor_cache: dict[tuple, torch.Tensor] = {}
+
+    def anchors(self, shapes: dict[int, tuple[int, int]], device) -> dict[int, torch.Tensor]:
+        out = {}
+        for lv in self.levels:
+            key = (lv, shapes[lv.stride], str(device))
+            if key not in self._anchor_cache:
+                self._anchor_cache[key] = anchors_for_level(*shapes[lv.stride], lv).to(device)
+            out[lv.stride] = self._anchor_cache[key]
+        return out
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        feats = self.neck(self.backbone(images))
+        outs = self.head(feats)  # {stride: (cls [B, A_s, K'], box [B, A_s, 4])}
+        anchors = self.anchors({s: tuple(f.shape[-2:]) for s, f in feats.items()},
+                               images.device)
+        strides = [lv.stride for lv in self.levels]
+        if self.training and targets is not None:
+            cls = torch.cat([outs[s][0] for s in strides], 1)  # [B, A, K']
+            box = torch.cat([outs[s][1] for s in strides], 1)  # [B, A, 4]
+            all_anchors = torch.cat([anchors[s] for s in strides])  # [A, 4]
+            return self.loss(cls, box, all_anchors, targets)
+        return self.postprocess(outs, anchors, images.shape[-2:], targets)
+
+    def loss(self, cls: torch.Tensor, box: torch.Tensor, anchors: torch.Tensor,
+             targets: list[dict]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        labels_all, logits_all, deltas_pred, deltas_tgt = [], [], [], []
+        for b, t in enumerate(targets):
+            gt = t["boxes"].to(anchors.dtype)
+            crowd = t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
+            m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou)
+            counted = m >= -1  # [A] positives and negatives
+            lab = torch.full_like(m, -1)
+            pos = m >= 0
+            lab[pos] = t["labels"].to(m.device)[m[pos]]
+            labels_all.append(lab[counted])
+            logits_all.append(cls[b][counted])
+            deltas_pred.append(box[b][pos])
+            deltas_tgt.append(self.coder.encode(gt[m[pos]], anchors[pos]))
+        labels = torch.cat(labels_all)
+        num_pos = float((labels >= 0).sum())
+        logits = torch.cat(logits_all)
+        if cfg.loss == "focal":
+            l_cls = focal_loss(logits, labels, num_pos)
+        else:
+            l_cls = softmax_ohem_loss(logits, labels, num_pos)
+        l_box = box_loss(torch.cat(deltas_pred), torch.cat(deltas_tgt), num_pos)
+        return {"loss": l_cls + l_box, "cls": l_cls.detach(), "box": l_box.detach(),
+                "num_pos": torch.tensor(num_pos)}
+
+    @torch.no_grad()
+    def postprocess(self, outs, anchors, hw, targets=None) -> list[dict]:
+        cfg = self.cfg
+        B = next(iter(outs.values()))[0].shape[0]
+        results = []
+        for b in range(B):
+            h, w = targets[b]["size"] if targets and "size" in targets[b] else hw
+            boxes_l, scores_l, labels_l = [], [], []
+            for lv in self.levels:
+                logits, deltas = outs[lv.stride][0][b], outs[lv.stride][1][b]
+                if cfg.loss == "focal":
+                    prob = logits.sigmoid()  # [A_s, K]
+                else:
+                    prob = logits.softmax(-1)[:, 1:]  # [A_s, K]
+                flat = prob.flatten()
+                keep = torch.nonzero(flat > cfg.score_thresh).flatten()
+                if len(keep) > cfg.topk_per_level:
+                    keep = keep[flat[keep].topk(cfg.topk_per_level).indices]
+                a_idx, k_idx = keep // prob.shape[1], keep % prob.shape[1]
+                bx = self.coder.decode(deltas[a_idx], anchors[lv.stride][a_idx])
+                bx[:, 0::2] = bx[:, 0::2].clamp(0, w)
+                bx[:, 1::2] = bx[:, 1::2].clamp(0, h)
+                boxes_l.append(bx)
+                scores_l.append(flat[keep])
+                labels_l.append(k_idx)
+            boxes, scores = torch.cat(boxes_l), torch.cat(scores_l)
+            labels = torch.cat(labels_l)
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+            keep = torchvision.ops.batched_nms(boxes, scores, labels, cfg.nms_iou)[:cfg.max_dets]
+            results.append({"boxes": boxes[keep], "scores": scores[keep],
+                            "labels": labels[keep].long()})
+        return results
+
+
+def build_detector(cfg: DetectorConfig) -> Detector:
+    """The detector of a config (weights from the current torch RNG; nothing downloaded)."""
+    return Detector(cfg)

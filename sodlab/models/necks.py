@@ -1,0 +1,115 @@
+"""Necks between backbone and head: one level, a Feature Pyramid Network, or SSH detection modules.
+
+- ``none``: the backbone's map at one stride, projected to the head's width.
+- ``fpn`` (Lin et al. 2017, notebook 03): lateral 1x1 convs, a top-down pathway of nearest
+  up-sampling and addition, a 3x3 smoothing conv per level.
+- ``ssh`` (Najibi et al. 2017, notebook 04): M1 at stride 8 on the stride-8 map plus the
+  up-sampled stride-16 map (after 1x1 reductions), M2 at stride 16, M3 at stride 32 on a
+  max-pooled stride-16 map; each module a 3x3 branch concatenated with a context module
+  whose 5x5- and 7x7-equivalent branches are stacked 3x3 convs sharing the first.
+
+Shapes: ``{stride: [B, C_s, H_s, W_s]}`` -> ``{stride: [B, C, H_s, W_s]}`` for the strides asked.
+Dimension legend: B batch, C the neck's width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sodlab.models.backbones import conv_bn
+
+
+class SingleLevel(nn.Module):
+    def __init__(self, channels: dict[int, int], stride: int, width: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.proj = conv_bn(channels[stride], width, k=1)
+
+    def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {self.stride: self.proj(feats[self.stride])}
+
+
+class FPN(nn.Module):
+    """Top-down pathway with lateral connections over the given strides."""
+
+    def __init__(self, channels: dict[int, int], strides: list[int], width: int) -> None:
+        super().__init__()
+        self.strides = sorted(strides)
+        self.lateral = nn.ModuleDict({str(s): nn.Conv2d(channels[s], width, 1)
+                                      for s in self.strides})
+        self.smooth = nn.ModuleDict({str(s): conv_bn(width, width) for s in self.strides})
+
+    def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        top = None
+        for s in reversed(self.strides):  # coarse to fine
+            lat = self.lateral[str(s)](feats[s])  # [B, C, H_s, W_s]
+            if top is not None:
+                lat = lat + F.interpolate(top, size=lat.shape[-2:], mode="nearest")
+            top = lat
+            out[s] = self.smooth[str(s)](lat)
+        return out
+
+
+class ContextModule(nn.Module):
+    """SSH context: 5x5- and 7x7-equivalent branches of stacked 3x3 convs sharing the first."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        half = width // 2
+        self.shared = conv_bn(width, half)  # first 3x3 of both branches
+        self.b5 = conv_bn(half, half, act=False)  # 3x3 + 3x3 = 5x5 receptive field
+        self.b7 = nn.Sequential(conv_bn(half, half), conv_bn(half, half, act=False))  # 7x7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.shared(x)
+        return torch.cat([self.b5(s), self.b7(s)], 1)  # [B, C, H, W]
+
+
+class DetectionModule(nn.Module):
+    """SSH detection module: a 3x3 branch beside the context module, concatenated."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv3 = conv_bn(width, width // 2, act=False)
+        self.context = ContextModule(width)
+        self.fuse = conv_bn(width // 2 + width, width, k=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.relu(torch.cat([self.conv3(x), self.context(x)], 1)))
+
+
+class SSH(nn.Module):
+    """Detection modules M1 (stride 8), M2 (stride 16), M3 (stride 32, max-pooled)."""
+
+    def __init__(self, channels: dict[int, int], width: int) -> None:
+        super().__init__()
+        self.red8 = conv_bn(channels[8], width, k=1)
+        self.red16 = conv_bn(channels[16], width, k=1)
+        self.merge8 = conv_bn(width, width)
+        self.proj16 = conv_bn(channels[16], width, k=1)
+        self.m1, self.m2, self.m3 = (DetectionModule(width) for _ in range(3))
+
+    def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        c8, c16 = feats[8], feats[16]
+        up = F.interpolate(self.red16(c16), size=c8.shape[-2:], mode="nearest")
+        x8 = self.merge8(self.red8(c8) + up)  # [B, C, H/8, W/8]
+        x16 = self.proj16(c16)  # [B, C, H/16, W/16]
+        x32 = F.max_pool2d(x16, 2, 2, ceil_mode=True)  # [B, C, H/32, W/32]
+        return {8: self.m1(x8), 16: self.m2(x16), 32: self.m3(x32)}
+
+
+def build_neck(name: str, channels: dict[int, int], strides: list[int], width: int) -> nn.Module:
+    if name == "none":
+        if len(strides) != 1:
+            raise ValueError(f"neck 'none' takes one stride, got {strides}")
+        return SingleLevel(channels, strides[0], width)
+    if name == "fpn":
+        return FPN(channels, strides, width)
+    if name == "ssh":
+        if sorted(strides) != [8, 16, 32]:
+            raise ValueError(f"neck 'ssh' has modules at strides 8, 16, 32, got {strides}")
+        return SSH(channels, width)
+    raise ValueError(f"unknown neck {name!r}; choose none, fpn or ssh")
