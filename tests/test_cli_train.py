@@ -117,3 +117,50 @@ def test_load_predict_path(root, run_dir):
     out = pred.predict(root / "val" / "images" / "im000.png")
     assert set(out) == {"boxes", "scores", "category_ids"}
     assert set(out["category_ids"].tolist()) <= {7, 42}
+
+
+# ---------------------------------------------------------------- the real detector
+@pytest.fixture
+def real_run(root, tmp_path):
+    pytest.importorskip("sodlab.detector")
+    torch.set_num_threads(1)
+    out = tmp_path / "real"
+    rc = main(["train", "--preset", "fpn", "--data", str(root), "--out", str(out),
+               "--max-steps", "2", "--batch-size", "2", "--no-progress", "--device", "cpu",
+               "--set", "input_size=64", "--set", "width=16"])
+    assert rc == 0
+    return out
+
+
+def test_real_detector_train_detect_load(root, real_run, tmp_path):
+    import sodlab
+    from sodlab.metrics import evaluate
+
+    dets_path = tmp_path / "dets.json"
+    rc = main(["detect", "--checkpoint", str(real_run / "best.pt"), "--images",
+               str(root / "val" / "images"), "--ann", str(root / "val"), "--out",
+               str(dets_path), "--no-progress"])
+    assert rc == 0
+    dets = json.loads(dets_path.read_text())
+    assert {d["category_id"] for d in dets} <= {7, 42}
+    assert 0.0 <= evaluate(root / "val" / "annotations.json", dets)["AP"] <= 1.0
+    pred = sodlab.load(real_run / "best.pt")
+    out = pred.predict(root / "val" / "images" / "im000.png")
+    assert set(out["category_ids"].tolist()) <= {7, 42}
+    if len(out["boxes"]):
+        assert float(out["boxes"][:, 2].max()) <= 64 and float(out["boxes"][:, 3].max()) <= 48
+
+
+def test_real_detector_resume_same_weights(root, tmp_path):
+    pytest.importorskip("sodlab.detector")
+    from sodlab.engine import load_checkpoint, train
+
+    torch.set_num_threads(1)
+    kw = dict(batch_size=2, progress=False, device="cpu", val_every=0, seed=1,
+              overrides=["input_size=64", "width=16"])
+    train("fpn", root, tmp_path / "a", max_steps=4, **kw)
+    train("fpn", root, tmp_path / "b", max_steps=4, stop_at_step=2, **kw)
+    train("fpn", root, tmp_path / "b", max_steps=4, resume=True, **kw)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
