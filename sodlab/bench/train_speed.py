@@ -58,9 +58,8 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
                    warmup: int = 2, repeats: int = 5, batch_size: int = 8,
                    seed: int = 0) -> dict:
     """Speed and memory of one preset in THIS process (run it in a fresh one)."""
-    from sodlab.detector import build_detector, make_config
-
     from sodlab.data.dataset import DetectionDataset
+    from sodlab.detector import build_detector, make_config
 
     root = Path(data_root)
     threads = torch.get_num_threads()
@@ -223,9 +222,8 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
         presets: list[str] | None = None, compare: bool = True, seed: int = 0,
         compare_seconds: float | None = None) -> dict:
     """Per-preset speed and memory, and fpn vs SSDlite under one wall-clock budget."""
-    from sodlab.detector import PRESETS
-
     from sodlab.data.coco import dataset_hash
+    from sodlab.detector import PRESETS
     from sodlab.provenance import provenance
 
     t_start = time.perf_counter()
