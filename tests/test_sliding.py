@@ -101,6 +101,11 @@ def test_widget_callback_without_a_browser():
     assert score == pytest.approx(ref, abs=1e-5)
     with pytest.raises(InputError, match="level must be"):
         window_view(state, 7, 0, 0)
+    from sodlab.widgets.sliding import explorer
+
+    box = explorer(state)  # builds the sliders and draws once, no browser needed
+    box.children[0].children[0].value = 2
+    assert box.children[0].children[1].max == 36 - 24
 
 
 # ----------------------------------------------------------------- training on a tiny split

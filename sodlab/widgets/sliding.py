@@ -99,6 +99,7 @@ def explorer(state: SlidingState):
     """ipywidgets: a level slider and window x/y sliders driving ``window_view``."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from IPython.display import display
 
     level = W.IntSlider(0, min=0, max=len(state.levels) - 1, description="level")
     xs = W.IntSlider(0, min=0, step=state.model.stride, description="x (level px)")
@@ -111,9 +112,12 @@ def explorer(state: SlidingState):
         with out:
             out.clear_output(wait=True)
             fig, _ = window_view(state, level.value, xs.value, ys.value)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     for s in (level, xs, ys):
         s.observe(redraw, names="value")
+    box = W.VBox([W.HBox([level, xs, ys]), out])
+    box.redraw = redraw  # lets a notebook or test redraw by hand
     redraw()
-    return W.VBox([W.HBox([level, xs, ys]), out])
+    return box
