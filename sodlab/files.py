@@ -61,3 +61,13 @@ def sha256_json(obj: Any) -> str:
     """Hex SHA-256 of an object's canonical JSON (sorted keys, no spaces)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def repo_root() -> Path:
+    """The sodlab checkout (the folder with ``pyproject.toml`` and ``sodlab/`` above this
+    package), else the current directory: where ``data/``, ``runs/`` and ``reports/`` go."""
+    here = Path(__file__).resolve().parent
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "sodlab").is_dir():
+            return parent
+    return Path.cwd()

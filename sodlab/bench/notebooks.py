@@ -21,6 +21,8 @@ import os
 import time
 from pathlib import Path
 
+from sodlab.files import repo_root
+
 KERNEL_NAME = "python3"
 QUICK_LIMIT_S = 90.0  # DESIGN.md: every notebook runs in quick mode in under 90 s
 
@@ -48,14 +50,6 @@ class NotebookResult:
         """Over the 90 s quick-mode limit (only meaningful in quick mode)."""
         return self.quick and self.seconds > QUICK_LIMIT_S
 
-
-def repo_root() -> Path:
-    """The folder holding ``pyproject.toml`` above this package (else the current folder)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").is_file() and (parent / "sodlab").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def notebooks_dir() -> Path:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sodlab.data import render
 from sodlab.errors import InputError
-from sodlab.files import write_json
+from sodlab.files import repo_root, write_json
 
 GENERATOR_VERSION = 3
 SIZES = {"quick": (200, 50), "full": (3000, 500)}  # (train, val) images
@@ -53,14 +53,6 @@ SKIN = np.array([[255, 220, 190], [235, 190, 150], [200, 150, 110], [150, 100, 7
                  [110, 75, 50]], dtype=np.float64) / 255.0
 CROWD_VISIBLE, DROP_VISIBLE, BLURRY_P = 0.4, 0.15, 0.02
 
-
-def repo_root() -> Path:
-    """The nearest folder with pyproject.toml above the cwd or the package, else the cwd."""
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        for p in (start, *start.parents):
-            if (p / "pyproject.toml").is_file():
-                return p
-    return Path.cwd()
 
 
 def default_dataset_dir(size: str = "quick", seed: int = 0) -> Path:

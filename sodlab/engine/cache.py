@@ -13,18 +13,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sodlab.files import sha256_file, sha256_json, write_json
+from sodlab.files import repo_root, sha256_file, sha256_json, write_json
 
 SUMMARY = "summary.json"
 
-
-def repo_root() -> Path:
-    """The folder with ``pyproject.toml`` above this package, else the current directory."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return Path.cwd()
 
 
 def cache_root() -> Path:
