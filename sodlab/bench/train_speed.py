@@ -150,7 +150,8 @@ def train_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, batch_siz
                     targets.append({"boxes": t["boxes"][keep], "labels": t["labels"][keep] + 1})
                 elapsed = time.perf_counter() - t0
                 for g in opt.param_groups:
-                    g["lr"] = lr * lr_factor(step, warmup=20, progress=elapsed / max_seconds)
+                    g["lr"] = lr * lr_factor(step, warmup=20, warmup_frac=0.05,
+                                             progress=elapsed / max_seconds)
                 loss = sum(model(images, targets).values())
                 if not math.isfinite(float(loss.detach())):
                     raise RuntimeError(f"ssdlite loss became {float(loss.detach())} at step {step + 1}")

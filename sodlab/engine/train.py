@@ -90,11 +90,17 @@ def epoch_batches(n: int, *, batch_size: int, world_size: int, seed: int,
     return [perm[s * gb:(s + 1) * gb] for s in range(steps)]
 
 
-def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` over ``progress`` in [0, 1]."""
-    if step < warmup:
-        return (step + 1) / warmup
+def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05,
+              warmup_frac: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` over ``progress`` in [0, 1].
+
+    ``warmup_frac`` (wall-clock budgets, where the number of steps is unknown): the warm-up
+    also ends once ``progress`` reaches this fraction, so slow steps do not warm up forever.
+    """
     p = min(max(progress, 0.0), 1.0)
+    if step < warmup and (warmup_frac is None or p < warmup_frac):
+        w = (step + 1) / warmup
+        return min(1.0, max(w, p / warmup_frac)) if warmup_frac else w
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
@@ -361,9 +367,12 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
             for images, targets in loader:
                 images = images.to(dev)  # [B, 3, Hp, Wp]
                 targets = [_to_device(t, dev) for t in targets]
+                factor = (lr_factor(state["step"], warmup=warmup, progress=(
+                    (state["step"] - warmup) / max(1, total - warmup)))
+                          if total else lr_factor(state["step"], warmup=warmup, warmup_frac=0.05,
+                                                  progress=state["seconds"] / max_seconds))
                 for g in opt.param_groups:
-                    g["lr"] = lr * lr_factor(state["step"], warmup=warmup, progress=(
-                        state["step"] / total if total else state["seconds"] / max_seconds))
+                    g["lr"] = lr * factor
                 losses = model(images, targets)
                 loss = losses["loss"]
                 ok = torch.isfinite(loss.detach()).float().reshape(1)
