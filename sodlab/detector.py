@@ -50,7 +50,7 @@ class DetectorConfig:
     input_size: int = 384
     backbone: str = "tiny"
     neck: str = "fpn"
-    width: int = 64
+    width: int = 32
     head_depth: int = 1
     strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
     anchor_sizes: list[list[float]] = field(default_factory=lambda: [[8], [16], [32], [64],

@@ -20,6 +20,7 @@ _EXPORTS = {
     "lr_factor": "train", "resolve_device": "train", "summary_line": "train",
     "evaluate_model": "predict", "predict_split": "predict", "load_detector": "predict",
     "Predictor": "predict", "detect_batch": "predict", "detect_pyramid": "predict",
+    "mean_loss": "predict",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "cached_train": "cache", "run_key": "cache", "cache_root": "cache",
 }

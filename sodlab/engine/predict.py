@@ -138,6 +138,33 @@ def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, inpu
     return metrics
 
 
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
+              batch_size: int = 8, max_images: int | None = None) -> float:
+    """The detector's training loss averaged over a split (no augmentation, weights unchanged).
+
+    A check that holds even after a tiny budget: a model that learned anything has a lower
+    loss on held-out images than an untrained one, long before its AP leaves zero.
+    """
+    ds = DetectionDataset(split_dir, transforms=ResizeLongest(input_size))
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    was_training = model.training
+    model.train()  # the loss path; BatchNorm must not update its statistics, so freeze it
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.eval()
+    total, count = 0.0, 0
+    dev = _device_of(model)
+    for i in range(0, n, batch_size):
+        images, targets = collate([ds[j] for j in range(i, min(i + batch_size, n))])
+        targets = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        total += float(model(images.to(dev), targets)["loss"]) * len(targets)
+        count += len(targets)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 def as_image(image_or_path: Any) -> torch.Tensor:
     """A path, PIL image, uint8 ``[H, W, 3]`` array or float ``[3, H, W]`` tensor -> float ``[3, H, W]``."""
     if isinstance(image_or_path, (str, os.PathLike)):
