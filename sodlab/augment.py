@@ -101,6 +101,20 @@ def _tight_box(mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor([xs[0, 0], ys[0, 0], xs[-1, 0] + 1, ys[-1, 0] + 1], dtype=torch.float32)
 
 
+def _context_region(target: dict, i: int) -> torch.Tensor:
+    """Object i's context: ``context_boxes``, else the union of its box with its head and body
+    boxes (the dataset's ``context_keys``), else a guessed head-and-shoulders region."""
+    box = target["boxes"][i]
+    if "context_boxes" in target:
+        return target["context_boxes"][i]
+    parts = [target[k][i] for k in ("head_boxes", "body_boxes")
+             if k in target and torch.isfinite(target[k][i]).all()]
+    if not parts:
+        return _default_context(box)
+    allb = torch.stack([box, *parts])
+    return torch.cat([allb[:, :2].min(0).values, allb[:, 2:].max(0).values])
+
+
 def _default_context(box: torch.Tensor) -> torch.Tensor:
     w, h = box[2] - box[0], box[3] - box[1]
     cx = (box[0] + box[2]) / 2
@@ -160,22 +174,21 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
     boxes, masks = target["boxes"], target["masks"]  # [N, 4], [N, H, W]
     areas = target.get("area", masks.flatten(1).sum(1).float())
     crowd = target["iscrowd"]
-    small = [i for i in range(len(boxes))
-             if not crowd[i] and areas[i] <= max_area and masks[i].any()]
+    small = [i for i in range(len(boxes)) if not crowd[i] and 0 < areas[i] <= max_area]
     if strategy == "one_many":
         small = [small[int(torch.randint(len(small), (1,), generator=g))]] if small else []
     elif strategy == "random_subset":
         small = [i for i in small if float(torch.rand((), generator=g)) < subset_p]
 
-    occupied = masks.any(0) if len(masks) else torch.zeros(H, W, dtype=torch.bool)
+    occupied = torch.zeros(H, W, dtype=torch.bool)  # every mask lies inside its box's pixels
     for b in boxes:
-        occupied |= _rect_mask(b, H, W)
+        x1, y1 = max(int(math.floor(b[0])), 0), max(int(math.floor(b[1])), 0)
+        occupied[y1:max(int(math.ceil(b[3])), 0), x1:max(int(math.ceil(b[2])), 0)] = True
     image = image.clone()
     new_boxes, new_masks, new_labels, src_idx = [], [], [], []
     skipped = 0
     for i in small:
-        region = target["context_boxes"][i] if with_context and "context_boxes" in target \
-            else (_default_context(boxes[i]) if with_context else boxes[i])
+        region = _context_region(target, i) if with_context else boxes[i]
         x1 = max(int(math.floor(region[0])), 0)
         y1 = max(int(math.floor(region[1])), 0)
         x2 = min(int(math.ceil(region[2])), W)
@@ -229,10 +242,10 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
         out["labels"] = torch.cat([target["labels"], torch.stack(new_labels)])
         out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
         out["area"] = torch.cat([areas.float(), nm.flatten(1).sum(1).float()])
-        if "context_boxes" in target:
-            shift = nb - boxes[src_idx]
-            out["context_boxes"] = torch.cat([target["context_boxes"],
-                                              target["context_boxes"][src_idx] + shift])
+        for key in target:  # context boxes (head, body) travel with their pasted object
+            if key.endswith("_boxes"):
+                shift = (nb[:, :2] - boxes[src_idx][:, :2]).repeat(1, 2)  # [P, 4] translation
+                out[key] = torch.cat([target[key], target[key][src_idx] + shift])
     out["pasted"] = len(new_boxes)
     out["pasted_skipped"] = skipped
     return image, out

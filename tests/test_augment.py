@@ -218,3 +218,25 @@ def test_repeated_dataset_draws_fresh_transforms_per_copy():
     assert [view[j] for j in range(5)] != items
     with pytest.raises(ValueError):
         RepeatedDataset(Base(), [1, 2])
+
+
+def test_context_boxes_from_the_dataset_travel_with_pastes():
+    image, target = _random_scene(2, n=3, H=200, W=240)
+    target["iscrowd"][:] = False
+    b = target["boxes"]
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    target["head_boxes"] = torch.stack([b[:, 0] - 0.1 * w, b[:, 1] - 0.2 * h, b[:, 2] + 0.1 * w,
+                                        b[:, 3]], 1)
+    target["body_boxes"] = torch.stack([b[:, 0] - w, b[:, 3], b[:, 2] + w, b[:, 3] + 2 * h], 1)
+    _, out = copy_paste(image, target, g=torch.Generator().manual_seed(0), max_area=1e6,
+                        with_context=True, rotation=0.0, scale=(1.0, 1.0))
+    n = len(out["boxes"])
+    assert out["pasted"] > 0
+    assert len(out["head_boxes"]) == len(out["body_boxes"]) == n
+    for j in range(3, n):  # offsets between a pasted face and its body equal the source's
+        src = [i for i in range(3) if torch.allclose(
+            out["boxes"][j, 2:] - out["boxes"][j, :2], b[i, 2:] - b[i, :2], atol=1.5)]
+        assert src
+        d_out = out["body_boxes"][j, :2] - out["boxes"][j, :2]
+        assert any(torch.allclose(d_out, target["body_boxes"][i, :2] - b[i, :2], atol=1.5)
+                   for i in src)

@@ -45,6 +45,13 @@ def _norm_overrides(overrides: Sequence[str] | dict) -> list[str]:
     return sorted(str(o) for o in overrides)
 
 
+def code_hash() -> str:
+    """Hash of the package's source files, so a change to the detector or the engine retrains."""
+    pkg = Path(__file__).resolve().parents[1]
+    return sha256_json({str(p.relative_to(pkg)): sha256_file(p)
+                        for p in sorted(pkg.rglob("*.py"))})
+
+
 def run_key(preset: str, data_root: str | os.PathLike, *, overrides: Sequence[str] | dict = (),
             seed: int = 0, max_steps: int, batch_size: int, input_size: int | None,
             recipe: dict | None = None) -> str:
@@ -54,7 +61,7 @@ def run_key(preset: str, data_root: str | os.PathLike, *, overrides: Sequence[st
     return sha256_json({"preset": preset, "overrides": _norm_overrides(overrides),
                         "data": data_hash_of(data_root), "seed": int(seed),
                         "max_steps": int(max_steps), "batch_size": int(batch_size),
-                        "input_size": input_size, "sodlab": __version__,
+                        "input_size": input_size, "sodlab": __version__, "code": code_hash(),
                         **({"recipe": recipe} if recipe else {})})
 
 

@@ -231,7 +231,8 @@ def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, ba
     except (ImportError, InputError):
         data_hash = None
     extra = list(augment) if augment is not None else [RandomHFlip()]
-    ds = DetectionDataset(root / "train", seed=seed, with_masks=with_masks)
+    ds = DetectionDataset(root / "train", seed=seed, with_masks=with_masks,
+                          context_keys=("head_bbox", "body_bbox") if with_masks else ())
     cfg = _build_config(cfg, ds.num_classes, overrides)
     if transforms is not None:
         extra = list(transforms)
