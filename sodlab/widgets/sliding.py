@@ -95,8 +95,12 @@ def window_view(state: SlidingState, level: int, x: int, y: int):
     return fig, score
 
 
-def explorer(state: SlidingState):
-    """ipywidgets: a level slider and window x/y sliders driving ``window_view``."""
+def explorer(state: SlidingState, *, draw: bool = True):
+    """ipywidgets: a level slider and window x/y sliders driving ``window_view``.
+
+    ``draw=False`` leaves the figure to the first slider move (papermill's kernel stalls on a
+    figure displayed inside an ``Output`` widget while a cell is executing).
+    """
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -110,7 +114,7 @@ def explorer(state: SlidingState):
         h, w = state.levels[level.value].image.shape[-2:]
         xs.max, ys.max = w - state.model.window, h - state.model.window
         with out:
-            out.clear_output(wait=True)
+            out.clear_output()
             fig, _ = window_view(state, level.value, xs.value, ys.value)
             display(fig)
             plt.close(fig)
@@ -118,6 +122,7 @@ def explorer(state: SlidingState):
     for s in (level, xs, ys):
         s.observe(redraw, names="value")
     box = W.VBox([W.HBox([level, xs, ys]), out])
-    box.redraw = redraw  # lets a notebook or test redraw by hand
-    redraw()
+    box.redraw = redraw  # draws the current window; the sliders call it on every change
+    if draw:
+        redraw()
     return box
