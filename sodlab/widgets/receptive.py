@@ -100,8 +100,12 @@ def rf_view(state: ExplorerState, layer: str, x: float, y: float) -> dict:
                 anchors=anchors, figure=fig)
 
 
-def explorer(state: ExplorerState, *, layer: str | None = None):
-    """ipywidgets explorer around ``rf_view``: a layer dropdown, x and y sliders, the figure."""
+def explorer(state: ExplorerState, *, layer: str | None = None, draw: bool = True):
+    """ipywidgets explorer around ``rf_view``: a layer dropdown, x and y sliders, the figure.
+
+    ``draw=False`` leaves the first figure to the first control change (papermill's kernel
+    stalls on a figure displayed inside an ``Output`` widget while a cell is executing).
+    """
     import ipywidgets as w
     from IPython.display import display
 
@@ -129,5 +133,6 @@ def explorer(state: ExplorerState, *, layer: str | None = None):
         control.observe(update, names="value")
     box = w.VBox([w.HBox([layer_box, xs, ys]), info, out])
     box.update = update  # lets a notebook or test redraw by hand
-    update()
+    if draw:
+        update()
     return box
