@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchvision
 
 from sodlab.errors import InputError
+from sodlab.tiling import flush_starts
 
 Detections = dict[str, torch.Tensor]
 
@@ -35,16 +36,9 @@ def tile_grid(height: int, width: int, *, tile: int, overlap: float = 0.25) -> t
         raise InputError(f"tile overlap must be in [0, 1), got {overlap}")
     step = max(1, int(round(tile * (1 - overlap))))
 
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        s = list(range(0, n - tile + 1, step))
-        if s[-1] != n - tile:
-            s.append(n - tile)
-        return s
-
     return torch.tensor([[x, y, min(x + tile, width), min(y + tile, height)]
-                         for y in starts(height) for x in starts(width)], dtype=torch.float32)
+                         for y in flush_starts(height, tile, step)
+                         for x in flush_starts(width, tile, step)], dtype=torch.float32)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from sodlab.boxes import scale_boxes, sqrt_wh
 from sodlab.errors import InputError
+from sodlab.tiling import flush_starts
 
 # SNIP's table (original pixels, sqrt(w*h)): [0, 80] at 1400, [40, 160] at 800,
 # [120, inf) at 480 (short side). Those scales are about 2.9x, 1.7x and 1.0x of a COCO
@@ -71,15 +72,7 @@ def candidate_chips(height: int, width: int, *, chip: int, stride: int) -> torch
     if chip <= 0 or stride <= 0:
         raise InputError(f"chip size and stride must be > 0, got {chip} and {stride}")
 
-    def starts(n: int) -> list[int]:
-        if n <= chip:
-            return [0]
-        s = list(range(0, n - chip + 1, stride))
-        if s[-1] != n - chip:
-            s.append(n - chip)
-        return s
-
-    ys, xs = starts(height), starts(width)
+    ys, xs = flush_starts(height, chip, stride), flush_starts(width, chip, stride)
     grid = torch.tensor([[x, y, x + chip, y + chip] for y in ys for x in xs], dtype=torch.float32)
     return grid  # [C, 4]
 

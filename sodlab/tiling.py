@@ -153,6 +153,17 @@ def window_grid(height: int, width: int, *, window: int, stride: int) -> tuple[i
     return (height - window) // stride + 1, (width - window) // stride + 1
 
 
+def flush_starts(n: int, window: int, step: int) -> list[int]:
+    """Window starts every ``step`` px along a side of ``n`` px, the last one flush with the far
+    edge (so the windows cover the side); one start at 0 when the side is shorter than a window."""
+    if n <= window:
+        return [0]
+    starts = list(range(0, n - window + 1, step))
+    if starts[-1] != n - window:
+        starts.append(n - window)
+    return starts
+
+
 def sliding_windows(height: int, width: int, *, window: int, stride: int) -> torch.Tensor:
     """Every ``window`` x ``window`` box at multiples of ``stride``, row-major. ``[N, 4]`` xyxy
 
