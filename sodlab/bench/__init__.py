@@ -18,6 +18,7 @@ Nothing heavy is imported at module level, so notebooks can import ``record`` ch
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import time
 from pathlib import Path
@@ -72,13 +73,14 @@ def load_benchmark(name: str):
 
 
 def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
-                   progress: bool = False, on_result=None) -> dict:
+                   progress: bool = False, on_result=None, data_root=None) -> dict:
     """Run the benchmark modules in ``BENCHMARKS`` order (or the names in ``only``).
 
     Returns ``{"benchmarks": {name: result dict}, "skipped": {name: reason},
     "seconds": {name: s}, "provenance": {...}}``. ``on_result(name, result_or_None, note)``
     is called after each one (the CLI prints as it goes). A benchmark that raises is
-    recorded under ``"failed"`` with its error and the others still run.
+    recorded under ``"failed"`` with its error and the others still run. ``data_root`` (a
+    dataset root) goes to every benchmark whose ``run`` takes one.
     """
     from sodlab.errors import InputError
 
@@ -99,7 +101,10 @@ def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
             continue
         t0 = time.perf_counter()
         try:
-            result = module.run(quick=quick, progress=progress)
+            kw = {}
+            if data_root is not None and "data_root" in inspect.signature(module.run).parameters:
+                kw["data_root"] = data_root
+            result = module.run(quick=quick, progress=progress, **kw)
         except Exception as exc:  # keep going: one broken benchmark must not hide the rest
             out["failed"][name] = f"{type(exc).__name__}: {exc}"
             out["seconds"][name] = round(time.perf_counter() - t0, 3)

@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="comma-separated benchmark names (default: all)")
     p.add_argument("--out", default="reports/bench.json", metavar="FILE",
                    help="JSON to write (default: reports/bench.json)")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="dataset root (train/ and val/) for the benchmarks that train or load "
+                   "images (default: the embedded dataset)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.set_defaults(func=run)
 
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"\n{name}\n{_table(result)}", flush=True)
 
-    out = run_benchmarks(quick=args.quick, only=only, progress=args.progress, on_result=show)
+    out = run_benchmarks(quick=args.quick, only=only, progress=args.progress, on_result=show,
+                         data_root=args.data)
     write_json(args.out, out)
     print(f"\nwrote {args.out}")
     from pathlib import Path
