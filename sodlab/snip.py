@@ -249,3 +249,94 @@ class SniperChip:
         out["area"] = (target["area"] * factor**2)[keep]
         out["snip_scale"] = self.scales[k]
         return scaled, out
+
+
+# --------------------------------------------------------------------------- multi-scale inference
+def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *,
+             sigma: float = 0.5, score_thresh: float = 1e-3) -> torch.Tensor:
+    """Gaussian soft-NMS (Bodla et al. 2017), class by class: returns the decayed ``[D]`` scores.
+
+    The highest-scoring box is kept; every other box of its class has its score multiplied
+    by ``exp(-IoU^2 / sigma)``; repeat on the rest. Scores below ``score_thresh`` become 0.
+    """
+    import torchvision
+
+    out = scores.clone().float()  # [D]
+    alive = torch.ones(len(boxes), dtype=torch.bool)
+    iou = torchvision.ops.box_iou(boxes, boxes)  # [D, D]
+    same = labels[:, None] == labels[None]
+    while alive.any():
+        i = int(torch.argmax(torch.where(alive, out, torch.full_like(out, -1.0))))
+        alive[i] = False
+        decay = torch.exp(-(iou[i] ** 2) / sigma)  # [D]
+        hit = alive & same[i]
+        out[hit] = out[hit] * decay[hit]
+        dead = alive & (out < score_thresh)
+        out[dead] = 0.0
+        alive &= ~dead
+    return out
+
+
+def multiscale_predict(predict_fn, image: torch.Tensor, *, factors: tuple[float, ...],
+                       ranges: tuple[tuple[float, float], ...], merge: str = "nms",
+                       iou: float = 0.5, max_dets: int = 100) -> dict:
+    """SNIP's test-time rule: detect at each scale, keep the detections in its range, merge.
+
+    ``predict_fn(image [3, h, w]) -> {"boxes" [D, 4] in that image's pixels, "scores",
+    "labels"}`` runs the detector on the tensor as given. ``factors[k]`` resizes ``image``
+    ``[3, H, W]``; a detection at scale k survives if its sqrt(w*h) in *original* pixels lies
+    in ``ranges[k]``. ``merge``: ``"nms"`` (class-wise, ``iou``) or ``"soft"`` (soft-NMS, as
+    the paper). Boxes come back in ``image``'s pixels.
+    """
+    import torchvision
+
+    from sodlab.errors import InputError
+
+    if len(factors) != len(ranges):
+        raise InputError(f"need one valid range per scale, got {len(factors)} and {len(ranges)}")
+    if merge not in ("nms", "soft"):
+        raise InputError(f"merge must be 'nms' or 'soft', got {merge!r}")
+    bs, ss, ls = [], [], []
+    for f, rng in zip(factors, ranges):
+        det = predict_fn(_resize(image, f) if f != 1 else image)
+        b = scale_boxes(det["boxes"].float(), 1.0 / f)  # [D, 4] original px
+        keep = valid_mask(b, rng)
+        bs.append(b[keep])
+        ss.append(det["scores"][keep].float())
+        ls.append(det["labels"][keep].long())
+    boxes, scores, labels = torch.cat(bs), torch.cat(ss), torch.cat(ls)
+    if merge == "soft":
+        scores = soft_nms(boxes, scores, labels)
+        keep = torch.argsort(scores, descending=True)
+        keep = keep[scores[keep] > 0]
+    else:
+        keep = torchvision.ops.batched_nms(boxes, scores, labels, iou)
+    keep = keep[:max_dets]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+def epoch_pixels(sizes: list[tuple[int, int]], boxes: list[torch.Tensor], *,
+                 scales: tuple[float, ...] = DEFAULT_SCALES,
+                 ranges: tuple[tuple[float, float], ...] = DEFAULT_RANGES, input_size: int,
+                 chip: int = 256, stride: int = 32) -> dict:
+    """Pixels one epoch processes: single scale, full images at every scale, SNIPER chips.
+
+    ``sizes[i] = (H, W)``, ``boxes[i] [N, 4]`` original px. Scale s resizes an image so its
+    longest side is ``s * input_size`` (as ``SnipScale``/``SniperChip``); "single" is scale 1.
+    Returns ``{"single", "multi_scale", "sniper", "chips"}`` (pixels; chips = count).
+    """
+    single = multi = chips = 0
+    for (h, w), b in zip(sizes, boxes):
+        for s, rng in zip(scales, ranges):
+            f = s * input_size / max(h, w)
+            sh, sw = max(1, round(h * f)), max(1, round(w * f))
+            multi += sh * sw
+            if s == 1:
+                single += sh * sw
+            chips += len(positive_chips(b, h, w, scale=f, valid_range=rng, chip=chip,
+                                        stride=stride).chips)
+    if 1 not in scales:
+        single = sum(round(h * input_size / max(h, w)) * round(w * input_size / max(h, w))
+                     for h, w in sizes)
+    return {"single": single, "multi_scale": multi, "sniper": chips * chip * chip,
+            "chips": chips}
