@@ -45,3 +45,14 @@ def test_fit_learns_and_experiment_rows():
     assert [r["factor"] for r in rows] == [1, 4]
     assert set(rows[1]) == {"factor", "test_px", "CNN-B", "CNN-S", "CNN-B-FT"}
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in r if k.startswith("CNN"))
+
+
+def test_crops_at_the_image_border_are_padded():
+    from PIL import Image
+
+    from sodlab.engine.mismatch import _crop
+
+    img = Image.new("RGB", (40, 30), (255, 255, 255))
+    out = _crop(img, -10.0, -10.0, 20.0, 8)  # a quarter inside, the rest outside
+    assert out.shape == (3, 8, 8)
+    assert out[:, -1, -1].min() > 0.9 and out[:, 0, 0].max() < 0.1

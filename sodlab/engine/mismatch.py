@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from sodlab.boxes import xywh_to_xyxy
@@ -77,6 +77,12 @@ def extract_crops(split_dir: str | Path, *, size: int = 32, min_object: float = 
 
 
 def _crop(img: Image.Image, x0: float, y0: float, side: float, size: int) -> torch.Tensor:
+    """A square crop resized to ``size``; parts outside the image are black (faces at a border)."""
+    W, H = img.size
+    if x0 < 0 or y0 < 0 or x0 + side > W or y0 + side > H:
+        pad = int(math.ceil(side))
+        img = ImageOps.expand(img, border=pad, fill=0)
+        x0, y0 = x0 + pad, y0 + pad
     patch = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side,
                                                                       y0 + side),
                        reducing_gap=None)
