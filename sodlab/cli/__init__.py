@@ -18,6 +18,15 @@ from sodlab.errors import InputError
 _COMMANDS = ("data", "eval", "train", "detect", "notebooks", "bench")
 
 
+def add_mode_arguments(parser: argparse.ArgumentParser, *, quick_help: str,
+                       full_help: str) -> None:
+    """``--quick`` (the default) / ``--full``, stored as ``args.quick``."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="quick", action="store_true", default=True,
+                      help=quick_help)
+    mode.add_argument("--full", dest="quick", action="store_false", help=full_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sodlab",

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 
+from sodlab.cli import add_mode_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "bench", help="run the speed/quality benchmarks and write reports/bench.json",
         description="Run the benchmarks one after another on this machine; ratios are "
         "measured side by side in one run.")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True,
-                      help="quick mode: small inputs (default)")
-    mode.add_argument("--full", dest="quick", action="store_false",
-                      help="full mode: the sizes the README quotes (slow)")
+    add_mode_arguments(p, quick_help="quick mode: small inputs (default)",
+                       full_help="full mode: the sizes the README quotes (slow)")
     p.add_argument("--only", default=None, metavar="NAME,...",
                    help="comma-separated benchmark names (default: all)")
     p.add_argument("--out", default="reports/bench.json", metavar="FILE",

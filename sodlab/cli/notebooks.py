@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 
+from sodlab.cli import add_mode_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "notebooks", help="run the notebooks (papermill) and write reports/index.html",
         description="Execute every notebooks/NN_*.ipynb in a fresh kernel, keep executed "
         "copies and HTML under the reports folder and write its index.html.")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True,
-                      help="quick mode: small data and budgets, each notebook < 90 s (default)")
-    mode.add_argument("--full", dest="quick", action="store_false",
-                      help="full mode: the full dataset and budgets (slow)")
+    add_mode_arguments(
+        p, quick_help="quick mode: small data and budgets, each notebook < 90 s (default)",
+        full_help="full mode: the full dataset and budgets (slow)")
     p.add_argument("--only", default=None, metavar="NN,NN",
                    help="comma-separated notebook number prefixes, e.g. 00,03")
     p.add_argument("--data", default=None, metavar="DIR",
