@@ -13,8 +13,19 @@ the embedded dataset's smallest faces (about 5 px):
   {1:2, 1:1, 2:1}; positive IoU 0.5, negative 0.4 (RetinaNet).
 - ``ssh``: M1 stride 8 sizes 16, 32; M2 stride 16 sizes 64, 128; M3 stride 32 sizes 256, 512
   (SSH), x 1/4 -> 4…128, ratio 1; positive 0.5, negative 0.3.
+- ``faceboxes``: the FaceBoxes CPU backbone; stride 32 sizes 32 (densified x4), 64 (x2),
+  128; stride 64 size 256; stride 128 size 512, x 1/4 -> 8 (x4), 16 (x2), 32, 64, 128;
+  ratio 1; matching at 0.35 with each face's best anchor; softmax with 3:1 hard negatives.
+- ``s3fd``: strides 4…128 with anchor = 4 x stride (16…512), x 1/4 -> 4…128; ratio 1;
+  matching at 0.35 then scale compensation; max-out background (3 scores) on stride 4;
+  softmax with 3:1 hard negatives.
 
-Taught in notebooks 03 and 04. Shapes: ``images [B, 3, H, W]`` (zero-padded batches; each
+The factor 1/4 keeps each paper's structure (levels, anchors per level, ratios, thresholds)
+and shrinks every anchor alike, so tiling densities (size / stride) shrink by 4 too:
+FaceBoxes' densified anchors all have density 1 here instead of 4, S3FD's equal-proportion
+interval gives density 1 instead of 4. Notebook 06 shows what that does to matching.
+
+Taught in notebooks 03, 04 and 06. Shapes: ``images [B, 3, H, W]`` (zero-padded batches; each
 target's ``size`` gives the real image); training returns scalar losses, eval returns per
 image ``boxes [N, 4]`` (input pixels), ``scores [N]``, ``labels [N]`` (contiguous).
 Dimension legend: B batch, A anchors of the whole image, K classes, N detections.
@@ -58,8 +69,12 @@ class DetectorConfig:
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     anchor_offset: float = 0.5
     anchor_scale: float = 0.25
+    anchor_densify: list[list[int]] | None = None  # per level, per size (FaceBoxes)
     pos_iou: float = 0.5
     neg_iou: float = 0.4
+    low_quality: bool = True  # every object also takes its best anchor(s)
+    compensate: bool = False  # S3FD scale compensation after the threshold stage
+    maxout_bg: int = 0  # extra background scores on the finest level (S3FD: 2 -> 3 in all)
     loss: str = "focal"
     score_thresh: float = 0.05
     nms_iou: float = 0.5
@@ -83,8 +98,23 @@ def _ssh(**kw) -> DetectorConfig:
                           pos_iou=0.5, neg_iou=0.3, **kw)
 
 
+def _faceboxes(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="faceboxes", backbone="faceboxes", neck="plain",
+                          strides=[32, 64, 128], anchor_sizes=[[8, 16, 32], [64], [128]],
+                          anchor_densify=[[4, 2, 1], [1], [1]], anchor_ratios=[1.0],
+                          head_depth=0, pos_iou=0.35, neg_iou=0.35, loss="softmax_ohem", **kw)
+
+
+def _s3fd(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="s3fd", neck="plain", strides=[4, 8, 16, 32, 64, 128],
+                          anchor_sizes=[[4], [8], [16], [32], [64], [128]], anchor_ratios=[1.0],
+                          pos_iou=0.35, neg_iou=0.35, low_quality=False, compensate=True,
+                          maxout_bg=2, loss="softmax_ohem", **kw)
+
+
 PRESETS: dict[str, Callable[..., DetectorConfig]] = {"baseline": _baseline, "fpn": _fpn,
-                                                     "ssh": _ssh}
+                                                     "ssh": _ssh, "faceboxes": _faceboxes,
+                                                     "s3fd": _s3fd}
 
 
 def _parse(value):
@@ -114,7 +144,20 @@ def make_config(preset: str, *, num_classes: int, overrides=()) -> DetectorConfi
     if len(cfg.anchor_sizes) != len(cfg.strides):
         raise InputError(f"anchor_sizes has {len(cfg.anchor_sizes)} levels but strides has "
                          f"{len(cfg.strides)}")
+    if cfg.anchor_densify is not None and [len(d) for d in cfg.anchor_densify] != \
+            [len(s) for s in cfg.anchor_sizes]:
+        raise InputError("anchor_densify needs one factor per anchor size on every level")
+    if cfg.maxout_bg and cfg.loss != "softmax_ohem":
+        raise InputError("maxout_bg needs loss=softmax_ohem (a background class to max over)")
     return cfg
+
+
+def level_specs(cfg: DetectorConfig) -> list[LevelSpec]:
+    """The anchor design of a config, one ``LevelSpec`` per stride."""
+    dens = cfg.anchor_densify or [None] * len(cfg.strides)
+    return [LevelSpec(s, tuple(float(v) for v in sz), tuple(cfg.anchor_ratios), cfg.anchor_offset,
+                      tuple(d) if d is not None else None)
+            for s, sz, d in zip(cfg.strides, cfg.anchor_sizes, dens)]
 
 
 class Detector(nn.Module):
@@ -123,16 +166,17 @@ class Detector(nn.Module):
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.levels = [LevelSpec(s, tuple(sz), tuple(cfg.anchor_ratios), cfg.anchor_offset)
-                       for s, sz in zip(cfg.strides, cfg.anchor_sizes)]
-        self.backbone = build_backbone(cfg.backbone)
+        self.levels = level_specs(cfg)
+        self.backbone = build_backbone(cfg.backbone, max_stride=max(cfg.strides))
         self.neck = build_neck(cfg.neck, self.backbone.channels, list(cfg.strides), cfg.width)
         softmax = cfg.loss == "softmax_ohem"
         if cfg.loss not in ("focal", "softmax_ohem"):
             raise InputError(f"unknown loss {cfg.loss!r}; choose focal or softmax_ohem")
         self.head = Head(cfg.width, {lv.stride: lv.num_anchors for lv in self.levels},
                          cfg.num_classes + (1 if softmax else 0), depth=cfg.head_depth,
-                         prior=None if softmax else 0.01)
+                         prior=None if softmax else 0.01,
+                         background_prior=0.99 if softmax else None,
+                         maxout={min(cfg.strides): cfg.maxout_bg} if cfg.maxout_bg else None)
         self.coder = BoxCoder()
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
@@ -165,7 +209,8 @@ class Detector(nn.Module):
         for b, t in enumerate(targets):
             gt = t["boxes"].to(anchors.dtype)
             crowd = t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
-            m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou)
+            m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
+                              allow_low_quality=cfg.low_quality, compensate=cfg.compensate)
             counted = m >= -1  # [A] positives and negatives
             lab = torch.full_like(m, -1)
             pos = m >= 0

@@ -7,6 +7,14 @@ smaller than every anchor still gets one. Ignored objects (``iscrowd``: WIDER ``
 VOC ``difficult``, faces mostly hidden) make the anchors that lie mostly on them (IoA >=
 ``ignore_ioa``) neither positive nor negative. Taught in notebooks 03 and 06.
 
+S3FD's scale compensation (Zhang et al. 2017) is a second stage after the threshold stage:
+N is the average number of anchors matched per object in stage one (over the objects of
+the image, or given); every object with fewer than N takes its best-IoU anchors with IoU
+above ``min_iou`` (0.1) until it has N. Here a compensated object takes only anchors that
+no other object holds, so stage two never steals a positive. ``match_counts`` and
+``object_match_stats`` count matched anchors per object for any anchor design on any
+dataset (the S3FD paper's figure 3).
+
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
 box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2).
 Dimension legend: A anchors, N objects.
@@ -31,7 +39,8 @@ def ioa(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
                   *, pos_iou: float = 0.5, neg_iou: float = 0.4, allow_low_quality: bool = True,
-                  ignore_ioa: float = 0.5) -> torch.Tensor:
+                  ignore_ioa: float = 0.5, compensate: bool = False,
+                  compensate_n: int | None = None, min_iou: float = 0.1) -> torch.Tensor:
     """Index of each anchor's object, ``NEGATIVE`` or ``IGNORE``. ``[A]`` int64."""
     A = len(anchors)
     out = torch.full((A,), NEGATIVE, dtype=torch.int64, device=anchors.device)
@@ -50,7 +59,72 @@ def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tens
             top = iou.max(0).values  # [N'] best IoU of each object
             a_idx, o_idx = torch.nonzero((iou == top[None]) & (top[None] > 0), as_tuple=True)
             out[a_idx] = keep[o_idx]
+        if compensate:
+            _compensate(out, iou, keep, compensate_n, min_iou)
     if ignore.any():
         on_crowd = ioa(anchors, boxes[ignore]).max(1).values >= ignore_ioa  # [A]
         out[on_crowd & (out < 0)] = IGNORE
     return out
+
+
+def _compensate(out: torch.Tensor, iou: torch.Tensor, keep: torch.Tensor, n: int | None,
+                min_iou: float) -> None:
+    """S3FD stage two, in place on ``out``: objects under N matches take free top-IoU anchors."""
+    counts = torch.stack([(out == k).sum() for k in keep.tolist()])  # [N'] stage-one matches
+    if n is None:
+        n = max(1, round(float(counts.float().mean())))
+    for j in torch.nonzero(counts < n).flatten().tolist():
+        free = (out < 0) & (iou[:, j] > min_iou)  # [A] anchors nobody holds, overlap > 0.1
+        need = n - int(counts[j])
+        cand = torch.nonzero(free).flatten()
+        if len(cand) == 0:
+            continue
+        take = cand[iou[cand, j].topk(min(need, len(cand))).indices]
+        out[take] = keep[j]
+
+
+def match_counts(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
+                 **match_kw) -> torch.Tensor:
+    """Positive anchors each object gets under ``match_anchors(**match_kw)``. ``[N]`` int64."""
+    m = match_anchors(anchors, boxes, ignore, **match_kw)  # [A]
+    return torch.bincount(m[m >= 0], minlength=len(boxes))
+
+
+def object_match_stats(levels, samples, **match_kw) -> dict[str, torch.Tensor]:
+    """Size and matched-anchor count of every trained object of a dataset.
+
+    ``levels``: ``sodlab.anchors.LevelSpec`` list; ``samples``: iterable of
+    ``(image_hw, boxes [N, 4] xyxy in input pixels, ignore [N] bool)`` (as the detector
+    sees them, after resizing). Returns ``size`` (sqrt of box area, px) and ``matched`` for
+    every object that is not ignored, both ``[M]``.
+    """
+    from sodlab.anchors import all_anchors  # same layer; imported here to keep the top light
+
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    sizes, counts = [], []
+    for hw, boxes, ignore in samples:
+        hw = (int(hw[0]), int(hw[1]))
+        if hw not in cache:
+            cache[hw] = all_anchors(levels, hw)
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        ignore = torch.zeros(len(boxes), dtype=torch.bool) if ignore is None \
+            else torch.as_tensor(ignore, dtype=torch.bool)
+        c = match_counts(cache[hw], boxes, ignore, **match_kw)
+        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+        sizes.append(wh.prod(1).sqrt()[~ignore])
+        counts.append(c[~ignore])
+    return {"size": torch.cat(sizes) if sizes else torch.zeros(0),
+            "matched": torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)}
+
+
+def stats_by_size(stats: dict[str, torch.Tensor], edges) -> list[dict]:
+    """Per size bin ``[edges[i], edges[i+1])``: objects, mean matched anchors, share unmatched."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (stats["size"] >= lo) & (stats["size"] < hi)
+        m = stats["matched"][sel].float()
+        rows.append({"size_from": float(lo), "size_to": float(hi), "objects": int(sel.sum()),
+                     "mean_matched": float(m.mean()) if len(m) else float("nan"),
+                     "share_unmatched": float((m == 0).float().mean()) if len(m) else
+                     float("nan")})
+    return rows

@@ -101,8 +101,18 @@ class TorchvisionBackbone(nn.Module):
         return out
 
 
-def build_backbone(name: str) -> nn.Module:
-    """``tiny`` (default), ``resnet18`` or ``mobilenet_v3``; ``.channels`` maps stride -> C."""
+def build_backbone(name: str, *, max_stride: int = 64) -> nn.Module:
+    """``tiny`` (default), ``faceboxes``, ``resnet18`` or ``mobilenet_v3``; ``.channels`` maps
+    stride -> C. ``tiny`` grows a stage per stride up to ``max_stride`` (at least 64)."""
     if name == "tiny":
-        return TinyBackbone()
+        widths = [16, 32, 64, 96, 128, 128]
+        stride = 64
+        while stride < max_stride:
+            widths.append(128)
+            stride *= 2
+        return TinyBackbone(tuple(widths))
+    if name == "faceboxes":
+        from sodlab.models.faceboxes import FaceBoxesBackbone
+
+        return FaceBoxesBackbone()
     return TorchvisionBackbone(name)

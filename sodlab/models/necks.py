@@ -1,6 +1,8 @@
 """Necks between backbone and head: one level, a Feature Pyramid Network, or SSH detection modules.
 
 - ``none``: the backbone's map at one stride, projected to the head's width.
+- ``plain``: several strides, each projected to the head's width by a 1x1 conv, with no
+  pathway between them (SSD, S3FD and FaceBoxes predict from the trunk's own maps).
 - ``fpn`` (Lin et al. 2017, notebook 03): lateral 1x1 convs, a top-down pathway of nearest
   up-sampling and addition, a 3x3 smoothing conv per level.
 - ``ssh`` (Najibi et al. 2017, notebook 04): M1 at stride 8 on the stride-8 map plus the
@@ -29,6 +31,17 @@ class SingleLevel(nn.Module):
 
     def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         return {self.stride: self.proj(feats[self.stride])}
+
+
+class Plain(nn.Module):
+    """A 1x1 projection per stride, no top-down pathway."""
+
+    def __init__(self, channels: dict[int, int], strides: list[int], width: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleDict({str(s): conv_bn(channels[s], width, k=1) for s in strides})
+
+    def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {int(s): p(feats[int(s)]) for s, p in self.proj.items()}
 
 
 class FPN(nn.Module):
@@ -108,8 +121,13 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
         return SingleLevel(channels, strides[0], width)
     if name == "fpn":
         return FPN(channels, strides, width)
+    if name == "plain":
+        missing = [s for s in strides if s not in channels]
+        if missing:
+            raise ValueError(f"the backbone has no map at strides {missing}")
+        return Plain(channels, strides, width)
     if name == "ssh":
         if sorted(strides) != [8, 16, 32]:
             raise ValueError(f"neck 'ssh' has modules at strides 8, 16, 32, got {strides}")
         return SSH(channels, width)
-    raise ValueError(f"unknown neck {name!r}; choose none, fpn or ssh")
+    raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn or ssh")
