@@ -8,12 +8,17 @@ import torch
 import torchvision
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from sodlab.anchors import (LevelSpec, all_anchors, anchors_for_level, cell_anchors, s3fd_levels,
-                            tiling_density)
+from sodlab.anchors import (
+    LevelSpec,
+    all_anchors,
+    anchors_for_level,
+    cell_anchors,
+    s3fd_levels,
+    tiling_density,
+)
 from sodlab.detector import build_detector, level_specs, make_config
 from sodlab.errors import InputError
-from sodlab.matching import (NEGATIVE, match_anchors, match_counts, object_match_stats,
-                             stats_by_size)
+from sodlab.matching import NEGATIVE, match_anchors, match_counts, object_match_stats, stats_by_size
 from sodlab.models.heads import Head
 
 
