@@ -14,10 +14,11 @@ the same run, each in a fresh subprocess (so its memory peak is its own):
 
 Then "what a user would pick instead": torchvision's ``ssdlite320_mobilenet_v3_large``
 (no pretrained weights, ``num_classes = C + 1``) trained from scratch with the SAME
-wall-clock budget as our ``fpn`` on the same dataset root (AdamW, warm-up + cosine over the
+wall-clock budget as our ``fpn`` and ``faceboxes`` on the same dataset root (AdamW, warm-up + cosine over the
 budget, batch 8, horizontal flips; SSDlite resizes to 320 x 320 itself), both evaluated
-with ``sodlab.metrics.evaluate`` on ``val``. Full: 300 s each; quick: 20 s each. Notebook
-09_benchmark_report shows the numbers.
+with ``sodlab.metrics.evaluate`` on ``val``, then each trained model timed at VGA on one
+thread (``vga_fps_1t``; the FaceBoxes paper reports 20 FPS on one CPU core). Full: 300 s
+each; quick: 20 s each.
 """
 
 from __future__ import annotations
@@ -196,33 +197,74 @@ def evaluate_ssdlite(model, split_dir: str | os.PathLike) -> dict:
     return m
 
 
+def vga_latency_ms(forward, image: torch.Tensor, *, threads: int = 1, repeats: int = 10) -> float:
+    """Median wall time of ``forward(image)`` (one warm-up call first) on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            forward(image)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                forward(image)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 1000.0 * statistics.median(times)
+
+
+def _vga_image(root: Path) -> torch.Tensor:
+    """The first validation image stretched to 640 x 480, ``[3, 480, 640]`` in [0, 1]."""
+    from sodlab.data.dataset import DetectionDataset
+
+    img, _ = DetectionDataset(root / "val")[0]
+    return torch.nn.functional.interpolate(img[None], size=(480, 640), mode="bilinear",
+                                           antialias=True)[0].clamp(0, 1)
+
+
 def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, seed: int = 0,
+                         presets: tuple[str, ...] = ("fpn", "faceboxes"),
                          progress: bool = False) -> dict:
-    """Our ``fpn`` vs SSDlite320, same data root, same wall-clock budget, same evaluation."""
+    """Our presets vs SSDlite320: same data root, same wall-clock budget, same evaluation.
+
+    Each model is trained from scratch for ``max_seconds``, evaluated on ``val``, then timed
+    on one real validation image at VGA (640 x 480) on one thread, trained weights and
+    post-processing included (SSDlite resizes it to 320 x 320 itself), one after another in
+    this process, so the frame rates are side by side.
+    """
     from sodlab.engine import evaluate_model, load_detector, train
 
     root = Path(data_root)
     keys = ("AP", "AP50", "AP_small", "AP_tiny", "AR_small", "images_per_s")
-    with tempfile.TemporaryDirectory() as tmp:
-        s = train("fpn", root, Path(tmp) / "fpn", max_seconds=max_seconds, batch_size=8,
-                  seed=seed, device="cpu", progress=progress, val_every=0)
-        pred = load_detector(Path(tmp) / "fpn" / "last.pt")
-        m = evaluate_model(pred.model, root / "val", input_size=pred.input_size,
-                           cat_ids=pred.cat_ids)
-    ours = {"steps": s["steps"], "images_seen": s["images_seen"], "seconds": s["seconds"],
-            "final_loss": s["final_loss"], "input_size": pred.input_size,
-            **{k: m[k] for k in keys}}
+    vga = _vga_image(root)
+    out: dict = {"budget_s": max_seconds}
+    for name in presets:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = train(name, root, Path(tmp) / name, max_seconds=max_seconds, batch_size=8,
+                      seed=seed, device="cpu", progress=progress, val_every=0)
+            pred = load_detector(Path(tmp) / name / "last.pt")
+        model = pred.model.eval()
+        m = evaluate_model(model, root / "val", input_size=pred.input_size, cat_ids=pred.cat_ids)
+        ms = vga_latency_ms(lambda x, model=model: model(x[None]), vga)
+        out[name] = {"steps": s["steps"], "images_seen": s["images_seen"],
+                     "seconds": s["seconds"], "final_loss": s["final_loss"],
+                     "input_size": pred.input_size,
+                     "params": sum(p.numel() for p in model.parameters()),
+                     **{k: m[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms}
     model, stats = train_ssdlite(root, max_seconds=max_seconds, seed=seed, progress=progress)
     m2 = evaluate_ssdlite(model, root / "val")
-    theirs = {**stats, "input_size": 320, "params": sum(p.numel() for p in model.parameters()),
-              **{k: m2[k] for k in keys}}
-    return {"budget_s": max_seconds, "fpn": ours, "ssdlite320_mobilenet_v3": theirs}
+    ms = vga_latency_ms(lambda x: model([x]), vga)
+    out["ssdlite320_mobilenet_v3"] = {
+        **stats, "input_size": 320, "params": sum(p.numel() for p in model.parameters()),
+        **{k: m2[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms}
+    return out
 
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
         presets: list[str] | None = None, compare: bool = True, seed: int = 0,
         compare_seconds: float | None = None) -> dict:
-    """Per-preset speed and memory, and fpn vs SSDlite under one wall-clock budget."""
+    """Per-preset speed and memory, and fpn / faceboxes vs SSDlite under one wall-clock budget."""
     from sodlab.data.coco import dataset_hash
     from sodlab.detector import PRESETS
     from sodlab.provenance import provenance
