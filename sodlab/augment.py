@@ -172,7 +172,7 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
         raise ValueError("copy_paste needs target['masks'] (load the dataset with with_masks=True)")
     _, H, W = image.shape
     boxes, masks = target["boxes"], target["masks"]  # [N, 4], [N, H, W]
-    areas = target.get("area", masks.flatten(1).sum(1).float())
+    areas = target["area"] if "area" in target else masks.flatten(1).sum(1).float()
     crowd = target["iscrowd"]
     small = [i for i in range(len(boxes)) if not crowd[i] and 0 < areas[i] <= max_area]
     if strategy == "one_many":
@@ -227,21 +227,23 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
             dst = image[:, oy:oy + ho, ox:ox + wo]
             image[:, oy:oy + ho, ox:ox + wo] = alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst
             occupied[oy:oy + ho, ox:ox + wo] |= fp
-            full = torch.zeros(H, W, dtype=torch.bool)
-            full[oy:oy + ho, ox:ox + wo] = m
-            new_masks.append(full)
+            new_masks.append((oy, ox, m))  # placed into full-size masks once, at the end
             new_boxes.append(tb + torch.tensor([ox, oy, ox, oy], dtype=torch.float32))
             new_labels.append(target["labels"][i])
             src_idx.append(i)
     out = dict(target)
     if new_boxes:
         nb = torch.stack(new_boxes)  # [P, 4]
-        nm = torch.stack(new_masks)  # [P, H, W]
+        all_masks = torch.zeros(len(masks) + len(nb), H, W, dtype=torch.bool)  # [N + P, H, W]
+        all_masks[:len(masks)] = masks
+        for k, (oy, ox, m) in enumerate(new_masks):
+            all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = m
         out["boxes"] = torch.cat([boxes, nb])
-        out["masks"] = torch.cat([masks, nm])
+        out["masks"] = all_masks
         out["labels"] = torch.cat([target["labels"], torch.stack(new_labels)])
         out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
-        out["area"] = torch.cat([areas.float(), nm.flatten(1).sum(1).float()])
+        pasted_area = torch.tensor([float(m.sum()) for _, _, m in new_masks])  # [P]
+        out["area"] = torch.cat([areas.float(), pasted_area])
         for key in target:  # context boxes (head, body) travel with their pasted object
             if key.endswith("_boxes"):
                 shift = (nb[:, :2] - boxes[src_idx][:, :2]).repeat(1, 2)  # [P, 4] translation
