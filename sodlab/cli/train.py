@@ -28,7 +28,8 @@ def register(sub) -> None:
                        description="Train a single-shot detector preset; validation metrics by "
                        "object size go to RUN/log.jsonl.", epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", required=True, help="detector preset: baseline, fpn, ssh, faceboxes or s3fd")
+    p.add_argument("--preset", required=True,
+                   help="detector preset: baseline, fpn, ssh, faceboxes or s3fd")
     p.add_argument("--data", metavar="ROOT", default=None,
                    help="dataset root with train/ and val/ (default: the embedded quick dataset)")
     p.add_argument("--out", metavar="RUN", required=True, help="run folder to write")
