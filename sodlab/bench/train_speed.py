@@ -72,18 +72,7 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
     rss0 = _maxrss_mb()
     model.eval()
     vga = torch.rand(1, 3, 480, 640, generator=torch.Generator().manual_seed(seed))
-    lat = {}
-    with torch.inference_mode():
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            model(vga)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(vga)
-                times.append(time.perf_counter() - t0)
-            lat[t] = 1000.0 * statistics.median(times)
-    torch.set_num_threads(threads)
+    lat = {t: vga_latency_ms(model, vga, threads=t, repeats=repeats) for t in (1, 2)}
     rss_infer = _maxrss_mb()
     batches = _train_batches(root, cfg.input_size, batch_size, warmup + steps, seed)
     model.train()
