@@ -70,7 +70,8 @@ def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tens
 def _compensate(out: torch.Tensor, iou: torch.Tensor, keep: torch.Tensor, n: int | None,
                 min_iou: float) -> None:
     """S3FD stage two, in place on ``out``: objects under N matches take free top-IoU anchors."""
-    counts = torch.stack([(out == k).sum() for k in keep.tolist()])  # [N'] stage-one matches
+    n_boxes = int(keep.max()) + 1
+    counts = torch.bincount(out[out >= 0], minlength=n_boxes)[keep]  # [N'] stage-one matches
     if n is None:
         n = max(1, round(float(counts.float().mean())))
     for j in torch.nonzero(counts < n).flatten().tolist():
