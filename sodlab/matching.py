@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torchvision
 
+from sodlab.anchors import all_anchors
+
 NEGATIVE = -1
 IGNORE = -2
 
@@ -99,8 +101,6 @@ def object_match_stats(levels, samples, **match_kw) -> dict[str, torch.Tensor]:
     sees them, after resizing). Returns ``size`` (sqrt of box area, px) and ``matched`` for
     every object that is not ignored, both ``[M]``.
     """
-    from sodlab.anchors import all_anchors  # same layer; imported here to keep the top light
-
     cache: dict[tuple[int, int], torch.Tensor] = {}
     sizes, counts = [], []
     for hw, boxes, ignore in samples:
