@@ -100,9 +100,12 @@ def s3fd_levels(strides: Sequence[int] = (4, 8, 16, 32, 64, 128), *, per_stride:
     return [LevelSpec(int(t), (per_stride * t,), (1.0,), offset) for t in strides]
 
 
+def level_shape(spec: LevelSpec, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Feature cells of a level over an ``image_hw`` input: ``ceil(hw / stride)`` (the size a
+    stride-2 conv stack with padding gives)."""
+    return math.ceil(image_hw[0] / spec.stride), math.ceil(image_hw[1] / spec.stride)
+
+
 def all_anchors(levels: Sequence[LevelSpec], image_hw: tuple[int, int]) -> torch.Tensor:
-    """Every anchor of an ``image_hw`` input, level after level, feature maps ``ceil(hw / stride)``
-    (the size a stride-2 conv stack with padding gives). ``[A, 4]``."""
-    h, w = image_hw
-    return torch.cat([anchors_for_level(math.ceil(h / lv.stride), math.ceil(w / lv.stride), lv)
-                      for lv in levels])
+    """Every anchor of an ``image_hw`` input, level after level (``level_shape`` cells). ``[A, 4]``."""
+    return torch.cat([anchors_for_level(*level_shape(lv, image_hw), lv) for lv in levels])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torchvision
 
-from sodlab.anchors import LevelSpec, all_anchors
+from sodlab.anchors import LevelSpec, all_anchors, level_shape
 from sodlab.errors import InputError
 from sodlab.matching import match_anchors
 
@@ -69,9 +69,8 @@ def anchor_view(design: Design, box, *, figure: bool = True) -> dict:
     cx, cy = float(box[0, 0] + box[0, 2]) / 2, float(box[0, 1] + box[0, 3]) / 2
     per_cell, heat = {}, None
     start = 0
-    H, W = design.canvas
     for lv in design.levels:
-        h, w = -(-H // lv.stride), -(-W // lv.stride)
+        h, w = level_shape(lv, design.canvas)
         n = h * w * lv.num_anchors
         lv_iou = iou[start:start + n].view(h, w, lv.num_anchors)  # [h, w, A_cell]
         r = min(max(int(cy // lv.stride), 0), h - 1)
