@@ -16,6 +16,10 @@ the embedded dataset's smallest faces (about 5 px):
 - ``faceboxes``: the FaceBoxes CPU backbone; stride 32 sizes 32 (densified x4), 64 (x2),
   128; stride 64 size 256; stride 128 size 512, x 1/4 -> 8 (x4), 16 (x2), 32, 64, 128;
   ratio 1; matching at 0.35 with each face's best anchor; softmax with 3:1 hard negatives.
+- ``faceboxes_s16``: the same backbone with one more level at stride 16 (the RDCL's map
+  before its last pool, given the inception layers' semantics by an FPN top-down merge):
+  8 (x2) at 16; 16 (x2), 32 at 32; 64 at 64; 128 at 128 — every anchor at tiling density 1,
+  as in ``faceboxes``, but the smallest ones on a grid that can resolve them.
 - ``s3fd``: strides 4…128 with anchor = 4 x stride (16…512), x 1/4 -> 4…128; ratio 1;
   matching at 0.35 then scale compensation; max-out background (3 scores) on stride 4;
   softmax with 3:1 hard negatives.
@@ -105,6 +109,13 @@ def _faceboxes(**kw) -> DetectorConfig:
                           head_depth=0, pos_iou=0.35, neg_iou=0.35, loss="softmax_ohem", **kw)
 
 
+def _faceboxes_s16(**kw) -> DetectorConfig:
+    return DetectorConfig(preset="faceboxes_s16", backbone="faceboxes", neck="fpn",
+                          strides=[16, 32, 64, 128], anchor_sizes=[[8], [16, 32], [64], [128]],
+                          anchor_densify=[[2], [2, 1], [1], [1]], anchor_ratios=[1.0],
+                          head_depth=0, pos_iou=0.35, neg_iou=0.35, loss="softmax_ohem", **kw)
+
+
 def _s3fd(**kw) -> DetectorConfig:
     return DetectorConfig(preset="s3fd", neck="plain", strides=[4, 8, 16, 32, 64, 128],
                           anchor_sizes=[[4], [8], [16], [32], [64], [128]], anchor_ratios=[1.0],
@@ -114,6 +125,7 @@ def _s3fd(**kw) -> DetectorConfig:
 
 PRESETS: dict[str, Callable[..., DetectorConfig]] = {"baseline": _baseline, "fpn": _fpn,
                                                      "ssh": _ssh, "faceboxes": _faceboxes,
+                                                     "faceboxes_s16": _faceboxes_s16,
                                                      "s3fd": _s3fd}
 
 

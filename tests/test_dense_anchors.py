@@ -78,7 +78,7 @@ def test_level_spec_errors():
         cell_anchors([8.0], [1.0], [2])  # densified without a stride
 
 
-@pytest.mark.parametrize("preset", ["faceboxes", "s3fd", "fpn"])
+@pytest.mark.parametrize("preset", ["faceboxes", "faceboxes_s16", "s3fd", "fpn"])
 @pytest.mark.parametrize("hw", [(128, 128), (97, 161)])
 def test_anchor_count_equals_head_outputs(preset, hw):
     torch.manual_seed(0)
@@ -95,6 +95,11 @@ def test_presets_keep_the_papers_structure():
     assert fb[0].num_anchors == 21 and [lv.num_anchors for lv in fb[1:]] == [1, 1]
     paper = [[32, 64, 128], [256], [512]]
     assert [[s * 4 for s in lv.sizes] for lv in fb] == paper  # x 1/4, one factor
+    assert [tiling_density(lv) for lv in fb] == [[1.0, 1.0, 1.0], [1.0], [1.0]]
+    s16 = level_specs(make_config("faceboxes_s16", num_classes=1))
+    assert [lv.stride for lv in s16] == [16, 32, 64, 128]
+    assert sorted(s for lv in s16 for s in lv.sizes) == sorted(s for lv in fb for s in lv.sizes)
+    assert all(d == 1.0 for lv in s16 for d in tiling_density(lv))  # same density, finer grid
     s3 = level_specs(make_config("s3fd", num_classes=1))
     assert [lv.sizes[0] * 4 for lv in s3] == [4 * lv.stride for lv in s3]  # anchor = 4 x stride
     cfg = make_config("s3fd", num_classes=1)

@@ -11,8 +11,13 @@ Zhang et al. 2017 (FaceBoxes: a CPU real-time face detector). Taught in notebook
   receptive fields span the anchor sizes of that level, then 1x1 + 3x3/2 convs to strides
   64 and 128.
 
-Shapes: ``x [B, 3, H, W]`` -> ``{32: [B, 128, H/32, W/32], 64: [B, 256, H/64, W/64],
-128: [B, 256, H/128, W/128]}`` (sizes rounded up).
+The RDCL's stride-16 map (before its last max-pool) is returned too, at no extra cost: the
+``faceboxes`` preset ignores it; ``faceboxes_s16`` predicts the smallest anchors from it
+(after an FPN top-down merge), because our objects are four times smaller than the paper's
+faces while its strides are not.
+
+Shapes: ``x [B, 3, H, W]`` -> ``{16: [B, 128, H/16, W/16], 32: [B, 128, H/32, W/32],
+64: [B, 256, H/64, W/64], 128: [B, 256, H/128, W/128]}`` (sizes rounded up).
 Dimension legend: B batch.
 """
 
@@ -63,9 +68,10 @@ class FaceBoxesBackbone(nn.Module):
         self.inception = nn.Sequential(Inception(), Inception(), Inception())
         self.conv3 = nn.Sequential(conv_bn(128, 128, k=1), conv_bn(128, 256, stride=2))
         self.conv4 = nn.Sequential(conv_bn(256, 128, k=1), conv_bn(128, 256, stride=2))
-        self.channels = {32: 128, 64: 256, 128: 256}
+        self.channels = {16: 128, 32: 128, 64: 256, 128: 256}
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        c32 = self.inception(self.rdcl(x))
+        c16 = self.rdcl[:3](x)  # [B, 128, H/16, W/16]
+        c32 = self.inception(self.rdcl[3](c16))
         c64 = self.conv3(c32)
-        return {32: c32, 64: c64, 128: self.conv4(c64)}
+        return {16: c16, 32: c32, 64: c64, 128: self.conv4(c64)}
