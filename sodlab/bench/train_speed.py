@@ -14,10 +14,10 @@ the same run, each in a fresh subprocess (so its memory peak is its own):
 
 Then "what a user would pick instead": torchvision's ``ssdlite320_mobilenet_v3_large``
 (no pretrained weights, ``num_classes = C + 1``) trained from scratch with the SAME
-wall-clock budget as our ``fpn``, ``faceboxes`` and ``faceboxes_s16`` on the same dataset
-root (AdamW, warm-up + cosine over the budget, batch 8, horizontal flips; SSDlite resizes
-to 320 x 320 itself), all evaluated
-with ``sodlab.metrics.evaluate`` on ``val``, then each trained model timed at VGA on one
+wall-clock budget as our ``fpn`` and ``faceboxes`` (``compare_presets`` names others) on
+the same dataset root (AdamW, warm-up + cosine over the budget, batch 8, horizontal flips;
+SSDlite resizes to 320 x 320 itself), all evaluated with ``sodlab.metrics.evaluate`` on
+``val``, then each trained model timed at VGA on one
 thread (``vga_fps_1t``; the FaceBoxes paper reports 20 FPS on one CPU core). Full: 300 s
 each; quick: 20 s each.
 """
@@ -214,7 +214,7 @@ def _vga_image(root: Path) -> torch.Tensor:
 
 
 def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, seed: int = 0,
-                         presets: tuple[str, ...] = ("fpn", "faceboxes", "faceboxes_s16"),
+                         presets: tuple[str, ...] = ("fpn", "faceboxes"),
                          progress: bool = False) -> dict:
     """Our presets vs SSDlite320: same data root, same wall-clock budget, same evaluation.
 
@@ -254,7 +254,7 @@ def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, se
 def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
         presets: list[str] | None = None, compare: bool = True, seed: int = 0,
         compare_seconds: float | None = None,
-        compare_presets: tuple[str, ...] = ("fpn", "faceboxes", "faceboxes_s16")) -> dict:
+        compare_presets: tuple[str, ...] = ("fpn", "faceboxes")) -> dict:
     """Per-preset speed and memory, and ours vs SSDlite under one wall-clock budget."""
     from sodlab.data.coco import dataset_hash
     from sodlab.detector import PRESETS
