@@ -110,10 +110,11 @@ def _faceboxes(**kw) -> DetectorConfig:
 
 
 def _faceboxes_s16(**kw) -> DetectorConfig:
-    return DetectorConfig(preset="faceboxes_s16", backbone="faceboxes", neck="fpn",
-                          strides=[16, 32, 64, 128], anchor_sizes=[[8], [16, 32], [64], [128]],
-                          anchor_densify=[[2], [2, 1], [1], [1]], anchor_ratios=[1.0],
-                          head_depth=0, pos_iou=0.35, neg_iou=0.35, loss="softmax_ohem", **kw)
+    # faceboxes with one more level: backbone, head, matching and loss stay its own
+    return dataclasses.replace(_faceboxes(**kw), preset="faceboxes_s16", neck="fpn",
+                               strides=[16, 32, 64, 128],
+                               anchor_sizes=[[8], [16, 32], [64], [128]],
+                               anchor_densify=[[2], [2, 1], [1], [1]])
 
 
 def _s3fd(**kw) -> DetectorConfig:

@@ -17,9 +17,8 @@ Then "what a user would pick instead": torchvision's ``ssdlite320_mobilenet_v3_l
 wall-clock budget as our ``fpn`` and ``faceboxes`` (``compare_presets`` names others) on
 the same dataset root (AdamW, warm-up + cosine over the budget, batch 8, horizontal flips;
 SSDlite resizes to 320 x 320 itself), all evaluated with ``sodlab.metrics.evaluate`` on
-``val``, then each trained model timed at VGA on one
-thread (``vga_fps_1t``; the FaceBoxes paper reports 20 FPS on one CPU core). Full: 300 s
-each; quick: 20 s each.
+``val``, then each trained model timed at VGA on one thread (``vga_fps_1t``; the FaceBoxes
+paper reports 20 FPS on one CPU core). Full: 300 s each; quick: 20 s each.
 """
 
 from __future__ import annotations
