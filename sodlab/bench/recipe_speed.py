@@ -69,6 +69,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     from sodlab.data import ensure_dataset
     from sodlab.data.dataset import DetectionDataset
     from sodlab.detector import build_detector, make_config
+    from sodlab.engine.predict import as_given_predict_fn
     from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, multiscale_predict
 
     root = Path(data_root) if data_root else ensure_dataset("quick", 0, progress=progress)
@@ -112,12 +113,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     images = [val[i][0] for i in range(n)]
     model.eval()
 
-    def raw(img: torch.Tensor) -> dict:  # the tensor as given, padded to a multiple of 32
-        _, h, w = img.shape
-        out = model(torch.nn.functional.pad(img, (0, -w % 32, 0, -h % 32))[None])[0]
-        out["boxes"][:, 0::2] = out["boxes"][:, 0::2].clamp(0, w)
-        out["boxes"][:, 1::2] = out["boxes"][:, 1::2].clamp(0, h)
-        return out
+    raw = as_given_predict_fn(model)
 
     def single(img: torch.Tensor) -> dict:
         f = size / max(img.shape[1:])

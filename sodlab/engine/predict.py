@@ -62,6 +62,24 @@ def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
     return results
 
 
+def as_given_predict_fn(model: torch.nn.Module):
+    """``fn(image [3, h, w]) -> {"boxes", "scores", "labels"}`` on the tensor as given.
+
+    No resize: the image is zero-padded at right/bottom to a multiple of 32, the model runs in
+    ``eval()`` mode and boxes come back in the image's own pixels, clipped to it. The
+    ``predict_fn`` that ``sodlab.snip.multiscale_predict`` and ``sodlab.slicing`` expect.
+    """
+    @torch.inference_mode()
+    def fn(img: torch.Tensor) -> dict:
+        _, h, w = img.shape
+        x = torch.nn.functional.pad(img, (0, -w % 32, 0, -h % 32))[None]  # [1, 3, Hp, Wp]
+        out = model.eval()(x)[0]
+        out["boxes"][:, 0::2] = out["boxes"][:, 0::2].clamp(0, w)
+        out["boxes"][:, 1::2] = out["boxes"][:, 1::2].clamp(0, h)
+        return out
+    return fn
+
+
 @torch.inference_mode()
 def detect_pyramid(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
                    input_sizes: Sequence[int], nms_iou: float = 0.5,
