@@ -158,3 +158,56 @@ def box_mask(bbox_xyxy: Any, height: int, width: int) -> np.ndarray:
     if c1 > c0 and r1 > r0:
         m[r0:r1, c0:c1] = True
     return m
+
+
+def annotations_by_image(records: Any) -> dict[int, list[dict]]:
+    """``{image_id: [record, ...]}`` of a COCO dict (its ``annotations``) or a list of records.
+
+    Works for ground-truth annotations and for detection results alike; images without a
+    record are absent (use ``.get(image_id, [])``). Order within an image is kept.
+    """
+    items = records.get("annotations", []) if isinstance(records, dict) else records
+    out: dict[int, list[dict]] = {}
+    for rec in items:
+        out.setdefault(int(rec["image_id"]), []).append(rec)
+    return out
+
+
+def to_coco_results(image_ids: Any, outputs: Any, *, cat_ids: Any = None,
+                    score_thresh: float = 0.0) -> list[dict]:
+    """COCO results records (``image_id, category_id, bbox [x, y, w, h], score``) of detections.
+
+    ``outputs[i]`` belongs to ``image_ids[i]`` and holds ``boxes [N, 4]`` xyxy in the image's
+    own pixels, ``scores [N]`` and either ``category_ids [N]`` (the dataset's own ids) or
+    ``labels [N]`` (contiguous indices, mapped through ``cat_ids``). Boxes are rounded to
+    1e-3 px and scores to 1e-5, as ``sodlab detect`` writes them. The one place the package
+    builds this dict.
+    """
+    from sodlab.boxes import xyxy_to_xywh
+
+    dets: list[dict] = []
+    for image_id, out in zip(image_ids, outputs):
+        scores = _as_list(out["scores"])
+        if "category_ids" in out:
+            cats = [int(c) for c in _as_list(out["category_ids"])]
+        else:
+            if cat_ids is None:
+                raise InputError("to_coco_results: outputs carry contiguous 'labels' but no "
+                                 "cat_ids were given to map them to category ids")
+            ids = [int(c) for c in cat_ids]
+            cats = [ids[int(lab)] for lab in _as_list(out["labels"])]
+        boxes = out["boxes"]
+        if len(scores) == 0:
+            continue
+        xywh = _as_list(xyxy_to_xywh(boxes))  # [N, 4]
+        for box, score, cat in zip(xywh, scores, cats):
+            if score < score_thresh:
+                continue
+            dets.append({"image_id": int(image_id), "category_id": cat,
+                         "bbox": [round(float(v), 3) for v in box],
+                         "score": round(float(score), 5)})
+    return dets
+
+
+def _as_list(x: Any) -> list:
+    return x.tolist() if hasattr(x, "tolist") else list(x)
