@@ -23,6 +23,7 @@ _EXPORTS = {
     "mean_loss": "predict",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "cached_train": "cache", "run_key": "cache", "cache_root": "cache",
+    "standard_budget": "budgets", "images_seen": "budgets",
 }
 
 __all__ = sorted([*_EXPORTS, "train"])

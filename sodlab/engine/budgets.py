@@ -1,0 +1,36 @@
+"""The shared training budgets: one quick and one full budget per preset, used by every notebook.
+
+Layer L4. A budget is a number of training images seen at a fixed input size (steps x
+batch). Notebooks and benchmarks that train a preset on the same data with
+``standard_budget(preset, quick=...)`` hit the same run-cache entry, so a model that several
+notebooks need trains once. Quick budgets are chosen so a live class sees real numbers
+(see ``docs/design.md``); full budgets are the ones the committed results use.
+"""
+
+from __future__ import annotations
+
+from sodlab.errors import InputError
+
+# Full mode: 400 steps x 8 images at the preset's own input size (384 px).
+FULL = {"max_steps": 400, "batch_size": 8, "overrides": {}}
+
+# Quick mode, per preset (others take QUICK_DEFAULT).
+QUICK_DEFAULT = {"max_steps": 25, "batch_size": 4, "overrides": {"input_size": 256}}
+QUICK: dict[str, dict] = {}
+
+
+def standard_budget(preset: str, *, quick: bool) -> dict:
+    """``{"max_steps", "batch_size", "overrides"}`` for ``cached_train(preset, ..., **budget)``."""
+    if not isinstance(preset, str) or not preset:
+        raise InputError(f"standard_budget: a preset name is needed, got {preset!r}")
+    base = QUICK.get(preset, QUICK_DEFAULT) if quick else FULL
+    return {"max_steps": int(base["max_steps"]), "batch_size": int(base["batch_size"]),
+            "overrides": dict(base["overrides"])}
+
+
+def images_seen(budget: dict) -> int:
+    """Training images a budget shows the model (steps x batch)."""
+    return int(budget["max_steps"]) * int(budget["batch_size"])
+
+
+__all__ = ["FULL", "QUICK", "QUICK_DEFAULT", "standard_budget", "images_seen"]
