@@ -2,12 +2,15 @@
 
 The inference-time cousin of SNIPER that SAHI made popular: small objects become larger
 relative to the network's input when the image is cut into tiles (optionally up-sampled),
-and a full-image pass can be added for the large ones. Taught in notebook 05_snip_sniper.
+and a full-image pass can be added for the large ones (Akyon et al. 2022, "Slicing aided
+hyper inference and fine-tuning for small object detection"). Taught in notebook
+05_snip_sniper. ``merge_boxes(method="merge")`` gates which claimed boxes may enlarge a kept
+box (score and size consistency), so a face does not grow into a weak box around it.
 
 ``predict_fn(image [3, h, w]) -> {"boxes": [n, 4] xyxy in that image's pixels, "scores": [n],
 "labels": [n]}`` is any detector; this module never imports one.
 
-Dimension legend: T tiles, D detections.
+Dimension legend: T tiles, D detections, K kept detections, G boxes merged into one.
 """
 
 from __future__ import annotations
@@ -55,22 +58,47 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *,
-                method: str = "nms", metric: str = "ios", thresh: float = 0.5) -> Detections:
+                method: str = "nms", metric: str = "ios", thresh: float = 0.5,
+                grow_score_ratio: float = 0.5, grow_min_score: float = 0.0,
+                grow_area_ratio: float = 4.0) -> Detections:
     """Merge detections from several tiles/passes, class by class, greedily by score.
 
     Each detection, from the highest score down, claims the not-yet-claimed detections of its
     class that overlap it by ``thresh`` or more (``metric``: ``iou``, or ``ios`` as SAHI does).
-    ``nms`` keeps the claiming box; ``merge`` replaces it by the enclosing box of all it
-    claimed (SAHI's greedy non-maximum merging), so a whole object beats its clipped parts.
+    ``nms`` keeps the claiming box; ``merge`` replaces it by the enclosing box of itself and
+    the claimed boxes that pass a gate (SAHI's greedy non-maximum merging), so a whole
+    object beats its clipped parts.
+
+    The gate (``merge`` only): a claimed box j may enlarge the kept box i when
+    ``score_j >= max(grow_min_score, grow_score_ratio * score_i)`` and the two areas are
+    within ``grow_area_ratio`` of each other (``max(a_i, a_j) <= grow_area_ratio *
+    min(a_i, a_j)``). Claimed boxes that fail it are still suppressed; they only do not
+    enlarge. Without the gate a confident small face claims every weak large box that
+    contains it (IoS 1) and grows into it. Defaults: half the kept score, no absolute
+    floor, areas within 4x (a tile's fragment holding a quarter of its object or more
+    still merges with the whole; a face inside a box 5x its area does not grow into it).
+    ``grow_score_ratio=0, grow_min_score=0, grow_area_ratio=inf`` is the ungated merge.
+
+    ``boxes [D, 4]`` xyxy, ``scores [D]``, ``labels [D]``; returns the kept ``boxes [K, 4]``,
+    ``scores [K]``, ``labels [K]`` in descending score order.
     """
     if method not in ("nms", "merge"):
         raise InputError(f"merge method must be 'nms' or 'merge', got {method!r}")
     if metric not in ("iou", "ios"):
         raise InputError(f"overlap metric must be 'iou' or 'ios', got {metric!r}")
+    if grow_area_ratio < 1:
+        raise InputError(f"grow_area_ratio must be >= 1, got {grow_area_ratio}")
     order = torch.argsort(scores, descending=True)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
     ov = _overlap(boxes, boxes, metric) >= thresh  # [D, D]
     ov &= labels[:, None] == labels[None]
+    if method == "merge":
+        area = torchvision.ops.box_area(boxes)  # [D]
+        big = torch.max(area[:, None], area[None])  # [D, D]
+        small = torch.min(area[:, None], area[None])  # [D, D]
+        floor = torch.clamp(grow_score_ratio * scores, min=grow_min_score)  # [D]
+        grows = (scores[None] >= floor[:, None]) & (big <= grow_area_ratio * small)  # [D, D]
+        grows.fill_diagonal_(True)
     claimed = torch.zeros(len(boxes), dtype=torch.bool)
     keep, out_boxes = [], []
     for i in range(len(boxes)):
@@ -80,7 +108,7 @@ def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
         claimed |= group
         keep.append(i)
         if method == "merge":
-            g = boxes[group]
+            g = boxes[group & grows[i]]  # [G, 4]
             out_boxes.append(torch.cat([g[:, :2].min(0).values, g[:, 2:].max(0).values]))
         else:
             out_boxes.append(boxes[i])
@@ -92,10 +120,12 @@ def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
 def sliced_predict(predict_fn: Callable[[torch.Tensor], Detections], image: torch.Tensor, *,
                    tile: int, overlap: float = 0.25, upscale: float = 1.0,
                    full_image: bool = True, method: str = "merge", metric: str = "ios",
-                   thresh: float = 0.5) -> Detections:
+                   thresh: float = 0.5, grow_score_ratio: float = 0.5,
+                   grow_min_score: float = 0.0, grow_area_ratio: float = 4.0) -> Detections:
     """Detect on overlapping tiles (each up-sampled by ``upscale``) and merge with the full pass.
 
-    ``image [3, H, W]``; returned boxes are in its pixels.
+    ``image [3, H, W]``; returned boxes are in its pixels. ``method``, ``metric``,
+    ``thresh`` and the ``grow_*`` gate are ``merge_boxes``'.
     """
     _, H, W = image.shape
     all_b, all_s, all_l = [], [], []
@@ -117,4 +147,6 @@ def sliced_predict(predict_fn: Callable[[torch.Tensor], Detections], image: torc
     boxes = torch.cat(all_b) if all_b else torch.zeros(0, 4)
     scores = torch.cat(all_s) if all_s else torch.zeros(0)
     labels = torch.cat(all_l).long() if all_l else torch.zeros(0, dtype=torch.long)
-    return merge_boxes(boxes, scores, labels, method=method, metric=metric, thresh=thresh)
+    return merge_boxes(boxes, scores, labels, method=method, metric=metric, thresh=thresh,
+                       grow_score_ratio=grow_score_ratio, grow_min_score=grow_min_score,
+                       grow_area_ratio=grow_area_ratio)
