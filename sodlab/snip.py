@@ -23,6 +23,7 @@ import torch
 
 from sodlab.boxes import scale_boxes, sqrt_wh
 from sodlab.errors import InputError
+from sodlab.nms import soft_nms
 from sodlab.tiling import flush_starts
 
 # SNIP's table (original pixels, sqrt(w*h)): [0, 80] at 1400, [40, 160] at 800,
@@ -252,31 +253,6 @@ class SniperChip:
 
 
 # --------------------------------------------------------------------------- multi-scale inference
-def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *,
-             sigma: float = 0.5, score_thresh: float = 1e-3) -> torch.Tensor:
-    """Gaussian soft-NMS (Bodla et al. 2017), class by class: returns the decayed ``[D]`` scores.
-
-    The highest-scoring box is kept; every other box of its class has its score multiplied
-    by ``exp(-IoU^2 / sigma)``; repeat on the rest. Scores below ``score_thresh`` become 0.
-    """
-    import torchvision
-
-    out = scores.clone().float()  # [D]
-    alive = torch.ones(len(boxes), dtype=torch.bool)
-    iou = torchvision.ops.box_iou(boxes, boxes)  # [D, D]
-    same = labels[:, None] == labels[None]
-    while alive.any():
-        i = int(torch.argmax(torch.where(alive, out, torch.full_like(out, -1.0))))
-        alive[i] = False
-        decay = torch.exp(-(iou[i] ** 2) / sigma)  # [D]
-        hit = alive & same[i]
-        out[hit] = out[hit] * decay[hit]
-        dead = alive & (out < score_thresh)
-        out[dead] = 0.0
-        alive &= ~dead
-    return out
-
-
 def multiscale_predict(predict_fn, image: torch.Tensor, *, factors: tuple[float, ...],
                        ranges: tuple[tuple[float, float], ...], merge: str = "nms",
                        iou: float = 0.5, max_dets: int = 100) -> dict:
@@ -306,9 +282,9 @@ def multiscale_predict(predict_fn, image: torch.Tensor, *, factors: tuple[float,
         ls.append(det["labels"][keep].long())
     boxes, scores, labels = torch.cat(bs), torch.cat(ss), torch.cat(ls)
     if merge == "soft":
-        scores = soft_nms(boxes, scores, labels)
-        keep = torch.argsort(scores, descending=True)
-        keep = keep[scores[keep] > 0]
+        keep, decayed = soft_nms(boxes, scores, labels)  # Gaussian, sigma 0.5
+        scores = scores.clone()
+        scores[keep] = decayed
     else:
         keep = torchvision.ops.batched_nms(boxes, scores, labels, iou)
     keep = keep[:max_dets]

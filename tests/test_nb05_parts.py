@@ -1,4 +1,4 @@
-"""Notebook 05's additions: soft-NMS, SNIP multi-scale inference, pixels per epoch, chip viewer."""
+"""Notebook 05's additions: SNIP multi-scale inference, pixels per epoch, chip viewer."""
 
 from __future__ import annotations
 
@@ -9,47 +9,9 @@ import pytest
 import torch
 
 from sodlab.errors import InputError
-from sodlab.snip import epoch_pixels, inside, multiscale_predict, soft_nms
+from sodlab.snip import epoch_pixels, inside, multiscale_predict
 
 matplotlib.use("Agg")
-
-
-def _loop_soft_nms(boxes, scores, labels, sigma=0.5, thresh=1e-3):
-    """Reference: the textbook loop over a Python list."""
-    import torchvision
-
-    s = scores.tolist()
-    alive = list(range(len(s)))
-    while alive:
-        i = max(alive, key=lambda k: s[k])
-        alive.remove(i)
-        for j in list(alive):
-            if labels[j] == labels[i]:
-                iou = float(torchvision.ops.box_iou(boxes[i:i + 1], boxes[j:j + 1]))
-                s[j] *= math.exp(-iou * iou / sigma)
-                if s[j] < thresh:
-                    s[j] = 0.0
-                    alive.remove(j)
-    return torch.tensor(s)
-
-
-def test_soft_nms_hand_case_and_loop_reference():
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]],
-                         dtype=torch.float32)
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    labels = torch.tensor([0, 0, 1, 0])
-    out = soft_nms(boxes, scores, labels)
-    # identical box of the same class: decayed by exp(-1 / 0.5); other class and far box kept
-    assert out[0] == pytest.approx(0.9)
-    assert out[1] == pytest.approx(0.8 * math.exp(-2.0))
-    assert out[2] == pytest.approx(0.7) and out[3] == pytest.approx(0.6)
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(30, 2, generator=g) * 50
-    wh = torch.rand(30, 2, generator=g) * 20 + 2
-    b = torch.cat([xy, xy + wh], 1)
-    sc = torch.rand(30, generator=g)
-    lab = torch.randint(2, (30,), generator=g)
-    assert torch.allclose(soft_nms(b, sc, lab), _loop_soft_nms(b, sc, lab), atol=1e-6)
 
 
 def _fixed_box_fn(side):
