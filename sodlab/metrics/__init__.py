@@ -1,13 +1,16 @@
 """Size-wise evaluation: COCO AP/AR per bucket, TIDE error breakdown, bootstrap intervals.
 
 Layer L1. ``evaluate`` (``coco.py``, faster-coco-eval underneath), ``error_breakdown``
-(``tide.py``), ``bootstrap_ci`` (``bootstrap.py``). Buckets and their inclusive area ranges
-come from ``sodlab.boxes.AREA_RANGES``: tiny [0, 16²] ⊂ small [0, 32²], medium [32², 96²],
-large [96², 1e10], on the ground truth's COCO ``area`` field.
+(``tide.py``), ``bootstrap_ci`` (``bootstrap.py``), ``verdict`` / ``verdict_sentence``
+(``verdict.py``: did B move a metric against A, from seeds and intervals). Buckets and
+their inclusive area ranges come from ``sodlab.boxes.AREA_RANGES``: tiny [0, 16²] ⊂ small
+[0, 32²], medium [32², 96²], large [96², 1e10], on the ground truth's COCO ``area`` field.
 """
 
 from sodlab.metrics.bootstrap import bootstrap_ci
 from sodlab.metrics.coco import evaluate, load_dets, load_gt
 from sodlab.metrics.tide import ERROR_TYPES, error_breakdown
+from sodlab.metrics.verdict import verdict, verdict_sentence
 
-__all__ = ["evaluate", "error_breakdown", "bootstrap_ci", "load_gt", "load_dets", "ERROR_TYPES"]
+__all__ = ["evaluate", "error_breakdown", "bootstrap_ci", "load_gt", "load_dets", "ERROR_TYPES",
+           "verdict", "verdict_sentence"]
