@@ -2,15 +2,18 @@
 
 Layer L4. The question notebooks 03, 04 and 06 ask — does a technique beat the one-level
 ``baseline`` on small objects? — answered with its noise: each preset trains on the same
-images (steps x batch at one input size, the notebooks' budgets, shared through the run
+images (``sodlab.engine.standard_budget``, the notebooks' budgets, shared through the run
 cache) for several seeds; each model is evaluated on ``val``; the first seed's detections
 get a percentile bootstrap interval over images (``sodlab.metrics.bootstrap_ci``). A
-preset's direction against the baseline on a key is ``"up"`` only when its interval lies
-wholly above the baseline's AND every one of its seeds beats every baseline seed;
-``"down"`` the mirror image; otherwise ``"undecided"``. Quick mode trains a few steps and
-decides nothing; full mode is the verdict the notebooks quote.
+preset's direction against the baseline on a key is ``sodlab.metrics.verdict`` of the
+paired per-seed differences (seed i of the preset minus seed i of the baseline) and the
+two intervals: ``"up"`` / ``"down"`` only when the intervals are apart and every seed
+agrees, else ``"no clear difference"``. Quick mode trains a few steps and decides nothing;
+full mode is the verdict the notebooks quote (``results/quality.json``).
 
-``evaluate_checkpoints`` does the evaluation part for any set of trained checkpoints.
+Shapes: ``seeds`` is a list [S] of ``{key: value}`` dicts, one per seed; ``ci`` is
+``{key: [lo, hi]}``. ``evaluate_checkpoints`` does the evaluation part for any set of
+trained checkpoints.
 """
 
 from __future__ import annotations
@@ -55,16 +58,12 @@ def evaluate_checkpoints(checkpoints: Mapping[str, Sequence[str | os.PathLike]],
 
 
 def direction(a: dict, b: dict, key: str) -> str:
-    """``"up"`` / ``"down"`` / ``"undecided"`` for ``b`` against ``a`` (see the module doc)."""
-    va, vb = [s[key] for s in a["seeds"]], [s[key] for s in b["seeds"]]
+    """``sodlab.metrics.verdict`` of ``b`` against ``a`` on ``key``: seeds paired by index."""
+    from sodlab.metrics.verdict import verdict
+
+    pairs = [(sa[key], sb[key]) for sa, sb in zip(a["seeds"], b["seeds"])]  # [S] (a, b)
     ca, cb = a.get("ci", {}).get(key), b.get("ci", {}).get(key)
-    if ca is None or cb is None or min(va + vb) < 0:
-        return "undecided"
-    if cb[0] > ca[1] and min(vb) > max(va):
-        return "up"
-    if cb[1] < ca[0] and max(vb) < min(va):
-        return "down"
-    return "undecided"
+    return verdict(pairs, (ca, cb))
 
 
 def run(*, quick: bool = True, progress: bool = False,
@@ -73,7 +72,7 @@ def run(*, quick: bool = True, progress: bool = False,
         n_boot: int | None = None) -> dict:
     """Train (or take from the run cache) and evaluate ``presets`` on one budget."""
     from sodlab.data.coco import dataset_hash
-    from sodlab.engine import cached_train
+    from sodlab.engine import cached_train, standard_budget
     from sodlab.provenance import provenance
 
     t0 = time.perf_counter()
@@ -82,17 +81,20 @@ def run(*, quick: bool = True, progress: bool = False,
 
         data_root = ensure_dataset("quick" if quick else "full", 0, progress=progress)
     root = Path(data_root)
-    budget = dict(max_steps=25, batch_size=4) if quick else dict(max_steps=400, batch_size=8)
-    overrides = {"input_size": 256} if quick else {}
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     n_boot = n_boot if n_boot is not None else (20 if quick else 200)
-    ckpts = {p: [cached_train(p, root, overrides=overrides, seed=s, quick=quick,
-                              progress=progress, **budget)[0] for s in seeds] for p in presets}
+    budgets = {p: standard_budget(p, quick=quick) for p in presets}
+    ckpts = {p: [cached_train(p, root, seed=s, quick=quick, progress=progress, **budgets[p])[0]
+                 for s in seeds] for p in presets}
     res = evaluate_checkpoints(ckpts, root / "val", n_boot=n_boot, progress=progress)
     base = presets[0]
-    verdict = {p: {k: direction(res[base], res[p], k) for k in CI_KEYS}
+    first = budgets[base]
+    directions = {p: {k: direction(res[base], res[p], k) for k in CI_KEYS}
                for p in presets[1:]}
-    return {"presets": res, "against": base, "direction": verdict,
-            "budget": {**budget, **overrides, "seeds": seeds, "n_boot": n_boot},
+    return {"presets": res, "against": base, "direction": directions,
+            "budget": {"max_steps": first["max_steps"], "batch_size": first["batch_size"],
+                       **first["overrides"], "seeds": seeds, "n_boot": n_boot,
+                       **({"per_preset": budgets} if any(v != first for v in budgets.values())
+                          else {})},
             "provenance": provenance(seed=seeds[0], data_hash=dataset_hash(root), quick=quick,
                                      seconds=time.perf_counter() - t0)}
