@@ -2,7 +2,7 @@
 
 Layer L0 of sodlab (imports nothing from the package). Taught in notebook 00.
 
-Convention (DESIGN.md, data contract): a box ``[x1, y1, x2, y2]`` is in continuous
+Convention (``docs/design.md``, data contract): a box ``[x1, y1, x2, y2]`` is in continuous
 pixels and covers ``x1 <= x < x2``; its width is ``x2 - x1``. COCO's ``[x, y, w, h]``
 maps to ``x2 = x + w``; VOC's 1-based inclusive corners map to ``x1 = xmin - 1,
 x2 = xmax``.
@@ -145,6 +145,29 @@ def bucket_of(area: float) -> str:
     if area <= AREA_RANGES["medium"][1]:
         return "medium"
     return "large"
+
+
+def box_slices(box, height: int, width: int) -> tuple[slice, slice]:
+    """Rows and columns of the pixels one continuous xyxy box touches, clipped to the image.
+
+    Pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``, so the box touches columns
+    ``floor(x1) .. ceil(x2) - 1``; a box outside the image gives empty slices. Use as
+    ``array[rows, cols]`` on an ``[H, W]`` (or ``[..., H, W]``) array.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    c0, r0 = max(math.floor(x1), 0), max(math.floor(y1), 0)
+    c1, r1 = min(math.ceil(x2), int(width)), min(math.ceil(y2), int(height))
+    return slice(r0, max(r1, r0)), slice(c0, max(c1, c0))
+
+
+def box_mask(box, height: int, width: int) -> torch.Tensor:
+    """The pixels one continuous xyxy box touches, as a bool mask ``[H, W]``.
+
+    The mask of an object that has no segmentation (``box_slices`` gives the rectangle).
+    """
+    m = torch.zeros(int(height), int(width), dtype=torch.bool)  # [H, W]
+    m[box_slices(box, height, width)] = True
+    return m
 
 
 def scale_boxes(boxes: Array, sx: float, sy: float | None = None) -> Array:

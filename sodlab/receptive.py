@@ -23,7 +23,7 @@ Receptive Field in Deep Convolutional Neural Networks") is |d unit / d input| av
 inputs: roughly Gaussian and much smaller than the theoretical RF; it grows with training.
 Taught in notebook 04_ssh_receptive_fields.
 
-Coordinates are continuous pixels (DESIGN.md): input pixel u covers [u, u + 1) and its
+Coordinates are continuous pixels (``docs/design.md``): input pixel u covers [u, u + 1) and its
 centre is u + 0.5, so the input itself has ``RF(size=1, jump=1, start=0.5)``. Per-axis
 values are ``(y, x)`` pairs. Shapes: input ``[B, C, H, W]``; a feature ``[B, C', h, w]``;
 an ERF heatmap ``[H, W]``.

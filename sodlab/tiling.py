@@ -77,10 +77,29 @@ class Level:
     scale: float
 
 
-def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bilinear resize of ``[C, H, W]`` to ``[C, h, w]`` (pixel centres aligned, no antialias)."""
-    out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)
-    return out[0]
+def resize_image(image: torch.Tensor, size: tuple[int, int], *,
+                 antialias: bool | None = None) -> torch.Tensor:
+    """Bilinear resize of ``[C, H, W]`` (or a batch ``[B, C, H, W]``) to ``size = (h, w)``.
+
+    The one image resize of the package. ``align_corners=False``: pixel ``u`` of the output
+    samples the input at ``(u + 0.5) * H / h - 0.5``, so the continuous-pixel box
+    convention maps by plain scaling (``sodlab.boxes.scale_boxes``). ``antialias``: filter
+    when shrinking (None, the default: exactly when ``h < H`` or ``w < W``). Image pyramids
+    pass ``False`` because they blur first (the rule in this module's docstring).
+    """
+    if image.dim() not in (3, 4):
+        raise InputError(f"resize_image takes [C, H, W] or [B, C, H, W], got shape "
+                         f"{tuple(image.shape)}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise InputError(f"resize_image: target size must be >= 1 px, got {(h, w)}")
+    H, W = image.shape[-2:]
+    if antialias is None:
+        antialias = h < H or w < W
+    batch = image if image.dim() == 4 else image[None]                   # [B, C, H, W]
+    out = F.interpolate(batch, size=(h, w), mode="bilinear", align_corners=False,
+                        antialias=bool(antialias))                        # [B, C, h, w]
+    return out if image.dim() == 4 else out[0]
 
 
 def image_pyramid(img: torch.Tensor, *, scale_step: float, min_size: int,
@@ -114,9 +133,9 @@ def image_pyramid(img: torch.Tensor, *, scale_step: float, min_size: int,
             break
         if prev is None:
             src = img if scale >= 1 else separable_blur(img[None], pyramid_sigma(1 / scale))[0]
-            cur = img if (h, w) == (H, W) else _resize(src, h, w)
+            cur = img if (h, w) == (H, W) else resize_image(src, (h, w), antialias=False)
         else:
-            cur = _resize(separable_blur(prev[None], blur)[0], h, w)
+            cur = resize_image(separable_blur(prev[None], blur)[0], (h, w), antialias=False)
         levels.append(Level(image=cur, scale=scale))
         prev = cur
         k += 1

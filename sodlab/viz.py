@@ -9,6 +9,7 @@ Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
   colour of their size bucket (``bucket_of(area)``; area = the COCO ``area`` field when given,
   else the box area), optional labels and scores; returns the patches drawn.
 - ``bucket_legend(ax)``: a legend of the bucket colours with their area ranges.
+- ``BUCKET_COLORS`` (hex) and ``BUCKET_RGB`` (8-bit tuples): the one set of bucket colours.
 - ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
 - ``size_histogram(ax, sizes, ...)``: a histogram of ``sqrt(area)`` (px) on a log axis with
   the bucket boundaries 16, 32, 96 drawn and labelled.
@@ -26,11 +27,15 @@ import numpy as np
 
 from sodlab.boxes import AREA_RANGES, bucket_of
 
-BUCKET_COLORS: dict[str, str] = {
+BUCKET_COLORS: dict[str, str] = {  # the bucket colours everywhere (matplotlib's tab10)
     "tiny": "#d62728",    # red
     "small": "#ff7f0e",   # orange
     "medium": "#2ca02c",  # green
     "large": "#1f77b4",   # blue
+}
+# The same colours as 8-bit (r, g, b), for drawing with PIL.
+BUCKET_RGB: dict[str, tuple[int, int, int]] = {
+    name: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)) for name, c in BUCKET_COLORS.items()
 }
 # sqrt(area) boundaries of the buckets: tiny <= 16, small <= 32, medium <= 96 (inclusive).
 BOUNDARIES: dict[str, float] = {"tiny": 16.0, "small": 32.0, "medium": 96.0}

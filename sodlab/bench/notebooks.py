@@ -24,7 +24,7 @@ from pathlib import Path
 from sodlab.files import repo_root
 
 KERNEL_NAME = "python3"
-QUICK_LIMIT_S = 90.0  # DESIGN.md: every notebook runs in quick mode in under 90 s
+QUICK_LIMIT_S = 90.0  # docs/design.md: every notebook runs in quick mode in under 90 s
 
 
 @dataclasses.dataclass

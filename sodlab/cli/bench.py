@@ -1,8 +1,7 @@
 """`sodlab bench`: run the benchmark modules side by side and write reports/bench.json.
 
 Layer L4. ``sodlab bench [--quick|--full] [--only NAME,...] [--out reports/bench.json]``
-runs ``sodlab.bench.BENCHMARKS`` in order (a module not written yet is skipped with a
-note), prints a table per benchmark and writes one JSON with provenance (threads included).
+runs ``sodlab.bench.BENCHMARKS`` in order, prints a table per benchmark and writes one JSON with provenance (threads included).
 Exit code 1 if a benchmark failed, 2 on bad input.
 """
 

@@ -139,17 +139,11 @@ def _print_lines(lines: list[str], limit: int | None) -> None:
 def run_make(args) -> int:
     from pathlib import Path
 
-    from sodlab.errors import InputError
-
-    try:
-        from sodlab.data import synth
-    except ImportError as exc:
-        raise InputError(f"the synthetic generator is not available ({exc})") from None
-    from sodlab.data import dataset_is_complete
+    from sodlab.data import dataset_is_complete, synth
     from sodlab.data.coco import load_coco
 
     out = Path(args.out) if args.out else Path(synth.default_dataset_dir(args.size, args.seed))
-    version = getattr(synth, "GENERATOR_VERSION", None)
+    version = synth.GENERATOR_VERSION
     if args.out is None and not args.force and dataset_is_complete(out, version):
         print(f"{out}: up to date (generator version {version}); --force rebuilds it")
         return 0

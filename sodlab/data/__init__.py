@@ -1,10 +1,11 @@
 """Data: split folders in COCO format, the dataset and transforms, importers and checks.
 
-Layer L1. The data contract is in DESIGN.md: a split folder holds ``annotations.json``
+Layer L1. The data contract is in ``docs/design.md``: a split folder holds ``annotations.json``
 and ``images/``; a dataset root holds ``train/`` and ``val/``. Names are re-exported
 lazily, so ``import sodlab.data`` does not import torch until a dataset is used.
 
-- ``coco``: ``load_coco``, ``save_coco``, ``dataset_hash``, mask decoding.
+- ``coco``: ``load_coco``, ``save_coco``, ``dataset_hash``, ``annotations_by_image``,
+  ``to_coco_results``, mask decoding.
 - ``dataset``: ``DetectionDataset``, ``collate``.
 - ``transforms``: ``Compose``, ``ResizeLongest``, ``RandomHFlip``, ``ColorJitter``.
 - ``formats``: ``import_split`` for WIDER FACE, VOC, COCO and YOLO labels.
@@ -21,6 +22,7 @@ from pathlib import Path
 _EXPORTS = {
     "load_coco": "coco", "save_coco": "coco", "dataset_hash": "coco",
     "decode_segmentation": "coco", "split_dirs": "coco",
+    "annotations_by_image": "coco", "to_coco_results": "coco",
     "DetectionDataset": "dataset", "collate": "dataset", "read_image": "dataset",
     "Compose": "transforms", "ResizeLongest": "transforms", "RandomHFlip": "transforms",
     "ColorJitter": "transforms",
@@ -67,6 +69,6 @@ def ensure_dataset(size: str = "quick", seed: int = 0, progress: bool = False) -
     from sodlab.data import synth
 
     root = Path(synth.default_dataset_dir(size, seed))
-    if dataset_is_complete(root, getattr(synth, "GENERATOR_VERSION", None)):
+    if dataset_is_complete(root, synth.GENERATOR_VERSION):
         return root
     return Path(synth.make_dataset(root, size=size, seed=seed, progress=progress))

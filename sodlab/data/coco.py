@@ -1,6 +1,6 @@
 """Split-folder I/O: read and write COCO ``annotations.json``, hash a dataset, decode masks.
 
-Layer L1. The data contract (DESIGN.md): a *split folder* holds ``annotations.json``
+Layer L1. The data contract (``docs/design.md``): a *split folder* holds ``annotations.json``
 (COCO, ``file_name`` relative to ``images/``) and ``images/``; a *dataset root* holds the
 split folders ``train/`` and ``val/``. Taught in notebook 00_what_is_small.
 
@@ -147,17 +147,6 @@ def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
     if size != [height, width]:
         raise InputError(f"RLE size {size} does not match the image size {[height, width]}")
     return mask_api.decode(rle).astype(bool)  # [H, W]
-
-
-def box_mask(bbox_xyxy: Any, height: int, width: int) -> np.ndarray:
-    """The pixels a continuous xyxy box touches, as a bool mask ``[H, W]`` (no segmentation)."""
-    x1, y1, x2, y2 = (float(v) for v in bbox_xyxy)
-    m = np.zeros((height, width), dtype=bool)
-    c0, r0 = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)
-    c1, r1 = min(int(np.ceil(x2)), width), min(int(np.ceil(y2)), height)
-    if c1 > c0 and r1 > r0:
-        m[r0:r1, c0:c1] = True
-    return m
 
 
 def annotations_by_image(records: Any) -> dict[int, list[dict]]:

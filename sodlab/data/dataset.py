@@ -1,6 +1,6 @@
 """A split folder as a PyTorch dataset of (image, target) pairs, and the batch collate.
 
-Layer L1. Implements the data contract of DESIGN.md: images are float32 ``[3, H, W]`` in
+Layer L1. Implements the data contract of ``docs/design.md``: images are float32 ``[3, H, W]`` in
 [0, 1] (read with PIL, converted to RGB), boxes ``[N, 4]`` float32 xyxy in pixels, labels
 contiguous ``0..C-1`` with ``cat_ids`` mapping them back to the dataset's own category ids
 (any integers). Masks are decoded per item, only when ``with_masks=True``. Random
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sodlab.boxes import xywh_to_xyxy
-from sodlab.data.coco import annotations_path, box_mask, decode_segmentation, load_coco
+from sodlab.boxes import box_slices, xywh_to_xyxy
+from sodlab.data.coco import annotations_path, decode_segmentation, load_coco
 from sodlab.data.formats_common import to_rgb8
 from sodlab.errors import InputError
 
@@ -31,10 +31,25 @@ Transform = Callable[[torch.Tensor, dict, torch.Generator], tuple[torch.Tensor, 
 PAD_MULTIPLE = 32
 
 
+def mixed_seed(seed: int, *parts: int) -> int:
+    """One 63-bit seed mixed from ``(seed, *parts)`` by numpy's ``SeedSequence``.
+
+    Nearby tuples such as ``(0, 1, 2)`` and ``(0, 2, 1)`` give unrelated seeds, so streams
+    keyed on (seed, epoch, index) never overlap. ``seed`` is taken modulo 2**32. The one
+    place sodlab mixes seeds.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(p) for p in parts)])
+    return int(state.generate_state(1, np.uint64)[0] >> 1)
+
+
+def seeded_generator(seed: int, *parts: int) -> torch.Generator:
+    """A ``torch.Generator`` seeded with ``mixed_seed(seed, *parts)``."""
+    return torch.Generator().manual_seed(mixed_seed(seed, *parts))
+
+
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A ``torch.Generator`` seeded from ``(seed, epoch, index)`` (well mixed, no collisions)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
-    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
+    """The generator of item ``index`` in epoch ``epoch``: ``seeded_generator(seed, epoch, index)``."""
+    return seeded_generator(seed, epoch, index)
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -130,8 +145,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                     except InputError as exc:
                         raise InputError(f"{self.ann_path}: annotation {a.get('id')}: "
                                          f"{exc}") from None
-                else:
-                    masks[j] = box_mask(target["boxes"][j].tolist(), height, width)
+                else:  # no segmentation: the pixels its box touches
+                    masks[j][box_slices(target["boxes"][j].tolist(), height, width)] = True
             target["masks"] = torch.from_numpy(masks)
         return target
 

@@ -1,6 +1,6 @@
 """Importers: WIDER FACE, Pascal VOC, COCO and YOLO labels -> one sodlab split folder.
 
-Layer L1. The only place that reads foreign label formats (DESIGN.md, data contract);
+Layer L1. The only place that reads foreign label formats (``docs/design.md``, data contract);
 everything else reads split folders. ``import_split(fmt, src, images_dir, out)`` parses
 the labels into xyxy boxes in continuous pixels (x1 <= x < x2) and hands them to
 ``formats_common.write_split``, which converts images to 8-bit RGB where needed, clips

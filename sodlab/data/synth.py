@@ -3,7 +3,7 @@
 Procedural and deterministic (same seed -> identical ``annotations.json`` and pixels), made
 only from files that ship inside scikit-image and scikit-learn: the 100 LFW face crops and
 100 face-like non-face crops of ``skimage.data.lfw_subset()``, bundled photos and
-scikit-learn's two sample images. Nothing is fetched. DESIGN.md ("The embedded default
+scikit-learn's two sample images. Nothing is fetched. ``docs/design.md`` ("The embedded
 dataset") gives the contract; ``data/README.md`` the origin, licences and measured figures.
 Taught in notebook 00_what_is_small; the other notebooks train on it.
 

@@ -5,7 +5,8 @@ Layer L4. Names are re-exported lazily, except ``train`` (whose submodule has th
 - ``train``: ``train``, ``TrainingDiverged``, ``epoch_batches``, ``lr_factor``.
 - ``predict``: ``evaluate_model``, ``predict_split``, ``load_detector``, ``Predictor``.
 - ``checkpoint``: ``save_checkpoint``, ``load_checkpoint``.
-- ``cache``: ``cached_train``, ``run_key``.
+- ``cache``: ``cached_train``, ``run_key``, ``cache_root``.
+- ``budgets``: ``standard_budget``, ``images_seen``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The SNIP resolution-mismatch experiment on crops from a split folder: CNN-B, CNN-S, CNN-B-FT.
 
-Singh & Davis 2018, section 3 (METHODS.md): train on high resolution, test on images
+Singh & Davis 2018, section 3 (``docs/methods.md``): train on high resolution, test on images
 down-sampled by 2, 4, 8 and up-sampled back; compare with a net trained at the low
 resolution (CNN-S) and with CNN-B fine-tuned on up-sampled low-resolution crops (CNN-B-FT).
 Here the task is face vs background on 32 x 32 crops of the embedded dataset (or any split
@@ -12,7 +12,6 @@ Dimension legend: N crops, S crop side.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,23 +23,23 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from sodlab.boxes import xywh_to_xyxy
+from sodlab.data.coco import annotations_by_image, images_dir, load_coco
 from sodlab.models.mismatch import build_cnn_b, build_cnn_s
+from sodlab.tiling import resize_image
 
 
-def extract_crops(split_dir: str | Path, *, size: int = 32, min_object: float = 24.0,
-                  negatives_per_image: int = 2, max_images: int | None = None, seed: int = 0,
-                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def object_and_background_crops(split_dir: str | Path, *, size: int = 32,
+                                min_object: float = 24.0, negatives_per_image: int = 2,
+                                max_images: int | None = None, seed: int = 0,
+                                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Square crops of objects with sqrt(area) >= ``min_object`` (label 1) and of background (0).
 
     Object crops are centred on the box with side 1.2 x its longer side; background crops
     have sizes drawn from the same objects and overlap no annotated object (IoU < 0.05).
     All crops are resized (antialiased) to ``size`` x ``size``.
     """
-    split_dir = Path(split_dir)
-    coco = json.loads((split_dir / "annotations.json").read_text())
-    anns: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        anns.setdefault(a["image_id"], []).append(a)
+    coco = load_coco(split_dir)
+    anns = annotations_by_image(coco)
     rng = np.random.default_rng(seed)
     images = coco["images"][:max_images] if max_images else coco["images"]
     xs, ys = [], []
@@ -48,7 +47,7 @@ def extract_crops(split_dir: str | Path, *, size: int = 32, min_object: float = 
         objs = anns.get(im["id"], [])
         if not objs:
             continue
-        img = Image.open(split_dir / "images" / im["file_name"]).convert("RGB")
+        img = Image.open(images_dir(split_dir) / im["file_name"]).convert("RGB")
         W, H = img.size
         boxes = xywh_to_xyxy(torch.tensor([a["bbox"] for a in objs], dtype=torch.float32))
         sides = []
@@ -94,15 +93,14 @@ def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return x
     s = x.shape[-1] // factor
-    return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+    return resize_image(x, (s, s), antialias=True)
 
 
 def down_up(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Down-sample by ``factor`` then up-sample back to the original side (SNIP's test images)."""
     if factor == 1:
         return x
-    return F.interpolate(downsample(x, factor), size=x.shape[-2:], mode="bilinear",
-                         align_corners=False)
+    return resize_image(downsample(x, factor), tuple(x.shape[-2:]), antialias=False)
 
 
 def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 8,
@@ -197,3 +195,7 @@ def mismatch_experiment(train: tuple[torch.Tensor, torch.Tensor],
             row["CNN-B-FT"] = accuracy(ft, down_up(xte, f), yte)
         rows.append(row)
     return rows
+
+
+# The name notebook 05 still imports; delete once it imports object_and_background_crops.
+extract_crops = object_and_background_crops

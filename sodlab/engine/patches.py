@@ -26,7 +26,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 from sodlab.boxes import xywh_to_xyxy
-from sodlab.data.coco import images_dir, load_coco
+from sodlab.data.coco import annotations_by_image, images_dir, load_coco
 from sodlab.data.dataset import read_image
 from sodlab.errors import InputError
 from sodlab.models.classifiers import PatchClassifier, build_patch_classifier, detect_pyramid
@@ -45,12 +45,11 @@ def load_split_images(split_dir: str | os.PathLike, *, max_images: int | None = 
                       ) -> list[SplitImage]:
     """The first ``max_images`` images of a split folder (in file order) and their boxes."""
     coco = load_coco(split_dir)
-    by_image: dict[int, list] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a["bbox"])
+    by_image = annotations_by_image(coco)
     out = []
     for im in coco["images"][:max_images]:
-        xywh = torch.tensor(by_image.get(im["id"], []), dtype=torch.float32).reshape(-1, 4)
+        xywh = torch.tensor([a["bbox"] for a in by_image.get(int(im["id"]), [])],
+                            dtype=torch.float32).reshape(-1, 4)
         img = read_image(images_dir(split_dir) / im["file_name"])
         out.append(SplitImage(im["id"], img, xywh_to_xyxy(xywh)))
     if not out:
@@ -58,7 +57,7 @@ def load_split_images(split_dir: str | os.PathLike, *, max_images: int | None = 
     return out
 
 
-def extract_crops(image: torch.Tensor, boxes: torch.Tensor, window: int) -> torch.Tensor:
+def crops_at_boxes(image: torch.Tensor, boxes: torch.Tensor, window: int) -> torch.Tensor:
     """Boxes of ``image [3, H, W]`` resampled to ``window`` x ``window`` (``roi_align``, which
     averages several samples per output pixel when shrinking). ``[M, 3, window, window]``"""
     if len(boxes) == 0:
@@ -116,7 +115,7 @@ def mine_crops(images: list[SplitImage], *, window: int = 24, pos_copies: int = 
         pos = positive_boxes(it.boxes, copies=pos_copies, jitter=jitter, min_face=min_face, g=g)
         neg = random_negative_boxes(H, W, it.boxes, n=neg_per_image, min_side=min_face,
                                     iou_thresh=iou_thresh, g=g)
-        crops += [extract_crops(it.image, pos, window), extract_crops(it.image, neg, window)]
+        crops += [crops_at_boxes(it.image, pos, window), crops_at_boxes(it.image, neg, window)]
         labels += [torch.ones(len(pos)), torch.zeros(len(neg))]
     return torch.cat(crops), torch.cat(labels)
 
@@ -133,7 +132,7 @@ def mine_hard_negatives(model: PatchClassifier, images: list[SplitImage], *, per
                                   max_dets=None)                              # best first
         if len(it.boxes) and len(boxes):
             boxes = boxes[torchvision.ops.box_iou(boxes, it.boxes).max(1).values < iou_thresh]
-        out.append(extract_crops(it.image, boxes[:per_image], model.window))
+        out.append(crops_at_boxes(it.image, boxes[:per_image], model.window))
     return torch.cat(out)
 
 
