@@ -1,4 +1,4 @@
-"""Imports only go downwards (DESIGN.md): parse every module with ast and check each import."""
+"""Imports only go downwards (docs/design.md): parse every module with ast and check each import."""
 
 import ast
 from pathlib import Path

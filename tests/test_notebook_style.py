@@ -1,4 +1,4 @@
-"""House style of every notebook (DESIGN.md): parameters cell, no outputs, goals, checks."""
+"""House style of every notebook (docs/design.md): parameters cell, no outputs, goals, checks."""
 
 from __future__ import annotations
 
