@@ -15,6 +15,7 @@ Dimension legend: A anchors of the canvas, s the finest stride.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import torch
@@ -126,12 +127,15 @@ def _figure(design: Design, box: torch.Tensor, view: dict):
 def explorer(*, canvas: tuple[int, int] = (128, 128), draw: bool = True):
     """ipywidgets: design sliders and box sliders driving ``anchor_view``.
 
-    ``draw=False`` leaves the figure to the first control move (papermill's kernel stalls
-    on a figure displayed inside an ``Output`` widget while a cell is executing).
+    The figure is a PNG in an ``ipywidgets.Image`` (``sodlab.widgets.canvas``), drawn at
+    construction, so it shows at once in Jupyter and voila and a papermill run stores it
+    without waiting on anything; ``draw=False`` leaves it to the first control move. The box
+    has ``redraw()`` (returns the view, or None for a design that does not parse), ``image``
+    and ``status``; a design error is shown in the status line.
     """
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+
+    from sodlab.widgets.canvas import figure_image, show_figure, status_line, watch
 
     H, Wd = canvas
     strides = W.Text("8, 16", description="strides")
@@ -145,34 +149,31 @@ def explorer(*, canvas: tuple[int, int] = (128, 128), draw: bool = True):
     cy = W.FloatSlider(H / 2, min=0, max=H, step=0.5, description="box y")
     size = W.FloatSlider(10, min=2, max=min(H, Wd), step=0.5, description="box size")
     aspect = W.FloatSlider(1.0, min=0.5, max=2.0, step=0.1, description="box h/w")
-    msg, out = W.HTML(), W.Output()
+    msg, image = status_line(), figure_image()
 
     def parse(text: str) -> list[list[float]]:
         return [[float(v) for v in part.replace(",", " ").split()] for part in text.split(";")]
 
-    def redraw(*_):
+    def redraw(*_) -> dict | None:
         try:
             levels = design_levels([int(v[0]) for v in parse(strides.value.replace(",", ";"))],
                                    parse(sizes.value), ratios=parse(ratios.value)[0],
                                    densify=[[int(n) for n in d] for d in parse(dens.value)],
                                    offset=offset.value)
         except (InputError, ValueError, IndexError) as err:
-            msg.value = f"<b>design error:</b> {err}"
-            return
+            msg.value = f"<b>design error:</b> {html.escape(str(err))}"
+            return None
         w, h = size.value / aspect.value ** 0.5, size.value * aspect.value ** 0.5
         box = [cx.value - w / 2, cy.value - h / 2, cx.value + w / 2, cy.value + h / 2]
         view = anchor_view(Design(levels, canvas, thr.value, comp.value), box)
         msg.value = f"{view['count']} anchors matched; best IoU {view['best_iou']:.3f}"
-        with out:
-            out.clear_output()
-            display(view["figure"])
-            plt.close(view["figure"])
+        show_figure(image, view["figure"])
+        return view
 
     controls = [strides, sizes, dens, ratios, offset, thr, comp, cx, cy, size, aspect]
-    for c in controls:
-        c.observe(redraw, names="value")
-    box = W.VBox([W.HBox(controls[:4]), W.HBox(controls[4:7]), W.HBox(controls[7:]), msg, out])
-    box.redraw = redraw
+    watch(controls, redraw, msg)
+    box = W.VBox([W.HBox(controls[:4]), W.HBox(controls[4:7]), W.HBox(controls[7:]), msg, image])
+    box.redraw, box.image, box.status = redraw, image, msg
     if draw:
         redraw()
     return box

@@ -70,28 +70,31 @@ def chip_explorer(image: torch.Tensor, boxes: torch.Tensor, *, input_size: int,
                   scales=DEFAULT_SCALES, ranges=DEFAULT_RANGES, draw: bool = True):
     """ipywidgets: scale, chip side and stride sliders driving ``chip_view``.
 
-    ``draw=False`` leaves the figure to the first slider move (papermill's kernel stalls on a
-    figure displayed inside an ``Output`` widget while a cell is executing).
+    The figure is a PNG in an ``ipywidgets.Image`` (``sodlab.widgets.canvas``), drawn at
+    construction, so it shows at once in Jupyter and voila and a papermill run stores it
+    without waiting on anything; ``draw=False`` leaves it to the first slider move. The box
+    has ``redraw()`` (returns the ``ChipPlan``), ``image`` and ``status``.
     """
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+
+    from sodlab.widgets.canvas import figure_image, show_figure, status_line, watch
 
     scale = W.IntSlider(0, min=0, max=len(scales) - 1, description="scale index")
     side = W.IntSlider(input_size // 2, min=64, max=2 * input_size, step=32, description="chip")
     step = W.IntSlider(32, min=16, max=128, step=16, description="stride")
-    out = W.Output()
+    picture, status = figure_image(), status_line()
 
-    def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig, _ = chip_view(image, boxes, scale_index=scale.value, input_size=input_size,
-                               scales=scales, ranges=ranges, chip=side.value, stride=step.value)
-            display(fig)
-            plt.close(fig)
+    def redraw(*_) -> ChipPlan:
+        fig, plan = chip_view(image, boxes, scale_index=scale.value, input_size=input_size,
+                              scales=scales, ranges=ranges, chip=side.value, stride=step.value)
+        show_figure(picture, fig)
+        status.value = (f"scale {scales[scale.value]}: {len(plan.chips)} chips, "
+                        f"{int(plan.valid.sum())} of {len(boxes)} objects valid")
+        return plan
 
-    for s in (scale, side, step):
-        s.observe(redraw, names="value")
+    watch((scale, side, step), redraw, status)
+    box = W.VBox([W.HBox([scale, side, step]), picture, status])
+    box.redraw, box.image, box.status = redraw, picture, status
     if draw:
         redraw()
-    return W.VBox([W.HBox([scale, side, step]), out])
+    return box

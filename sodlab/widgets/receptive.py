@@ -103,19 +103,22 @@ def rf_view(state: ExplorerState, layer: str, x: float, y: float) -> dict:
 def explorer(state: ExplorerState, *, layer: str | None = None, draw: bool = True):
     """ipywidgets explorer around ``rf_view``: a layer dropdown, x and y sliders, the figure.
 
-    ``draw=False`` leaves the first figure to the first control change (papermill's kernel
-    stalls on a figure displayed inside an ``Output`` widget while a cell is executing).
+    The figure is a PNG in an ``ipywidgets.Image`` (``sodlab.widgets.canvas``), drawn at
+    construction, so it shows at once in Jupyter and voila and a papermill run stores it
+    without waiting on anything; ``draw=False`` leaves it to the first control change. The
+    box has ``update()`` (also ``redraw()``; returns the view), ``image`` and ``status``.
     """
     import ipywidgets as w
-    from IPython.display import display
+
+    from sodlab.widgets.canvas import figure_image, show_figure, status_line, watch
 
     h, wd = state.image.shape[-2:]
     layer_box = w.Dropdown(options=state.layers, value=layer or state.layers[0],
                            description="layer")
     xs = w.IntSlider(value=wd // 2, min=0, max=wd - 1, description="x")
     ys = w.IntSlider(value=h // 2, min=0, max=h - 1, description="y")
-    info = w.HTML()
-    out = w.Output()
+    info = status_line()
+    image = figure_image()
 
     def update(_change=None) -> dict:
         view = rf_view(state, layer_box.value, xs.value, ys.value)
@@ -124,15 +127,13 @@ def explorer(state: ExplorerState, *, layer: str | None = None, draw: bool = Tru
                       f"stride {rf.jump[1]:g} &middot; ERF (95 % mass) "
                       f"{2 * view['erf_radius']:g} px &middot; anchors "
                       f"{state.anchor_sizes.get(layer_box.value, [])}")
-        with out:
-            out.clear_output(wait=True)
-            display(view["figure"])
+        show_figure(image, view["figure"])
         return view
 
-    for control in (layer_box, xs, ys):
-        control.observe(update, names="value")
-    box = w.VBox([w.HBox([layer_box, xs, ys]), info, out])
-    box.update = update  # lets a notebook or test redraw by hand
+    watch((layer_box, xs, ys), update, info)
+    box = w.VBox([w.HBox([layer_box, xs, ys]), info, image])
+    box.update = box.redraw = update  # lets a notebook or test redraw by hand
+    box.image, box.status = image, info
     if draw:
         update()
     return box

@@ -98,31 +98,31 @@ def window_view(state: SlidingState, level: int, x: int, y: int):
 def explorer(state: SlidingState, *, draw: bool = True):
     """ipywidgets: a level slider and window x/y sliders driving ``window_view``.
 
-    ``draw=False`` leaves the figure to the first slider move (papermill's kernel stalls on a
-    figure displayed inside an ``Output`` widget while a cell is executing).
+    The figure is a PNG in an ``ipywidgets.Image`` (``sodlab.widgets.canvas``), drawn at
+    construction, so it shows at once in Jupyter and voila and a papermill run stores it
+    without waiting on anything; ``draw=False`` leaves it to the first slider move. The box
+    has ``redraw()`` (draws the current window, returns the score), ``image`` and ``status``.
     """
     import ipywidgets as W
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+
+    from sodlab.widgets.canvas import figure_image, show_figure, status_line, watch
 
     level = W.IntSlider(0, min=0, max=len(state.levels) - 1, description="level")
     xs = W.IntSlider(0, min=0, step=state.model.stride, description="x (level px)")
     ys = W.IntSlider(0, min=0, step=state.model.stride, description="y (level px)")
-    out = W.Output()
+    image, status = figure_image(), status_line()
 
-    def redraw(*_):
+    def redraw(*_) -> float:
         h, w = state.levels[level.value].image.shape[-2:]
         xs.max, ys.max = w - state.model.window, h - state.model.window
-        with out:
-            out.clear_output()
-            fig, _ = window_view(state, level.value, xs.value, ys.value)
-            display(fig)
-            plt.close(fig)
+        fig, score = window_view(state, level.value, xs.value, ys.value)
+        show_figure(image, fig)
+        status.value = f"level {level.value}, window ({xs.value}, {ys.value}): score {score:.3f}"
+        return score
 
-    for s in (level, xs, ys):
-        s.observe(redraw, names="value")
-    box = W.VBox([W.HBox([level, xs, ys]), out])
-    box.redraw = redraw  # draws the current window; the sliders call it on every change
+    watch((level, xs, ys), redraw, status)
+    box = W.VBox([W.HBox([level, xs, ys]), image, status])
+    box.redraw, box.image, box.status = redraw, image, status
     if draw:
         redraw()
     return box
