@@ -15,9 +15,24 @@ no other object holds, so stage two never steals a positive. ``match_counts`` an
 ``object_match_stats`` count matched anchors per object for any anchor design on any
 dataset (the S3FD paper's figure 3).
 
+PyramidBox's PyramidAnchors (Tang et al. 2018) make an anchor also learn the head and the
+body of a face smaller than itself: label_k of an anchor is 1 when the IoU of the anchor's
+image region shrunk by spa^k (spa = 2, the stride ratio of adjacent levels) with the face
+exceeds 0.35 (k = 0 face, 1 head, 2 body), so the anchor of level i + k carries the context
+of a face matched at level i; only the face labels are used at test time. The paper thus
+derives the head and body from the face box; ``context_boxes`` does that as the paper's
+public code does, growing the face box by spa^k about its own centre, which equals the
+formula when anchor and face share a centre (IoU is unchanged when both boxes are scaled
+about one point). Read as shrinking the anchor about *its* centre, the formula instead
+doubles (k = 1) or quadruples (k = 2) the face's offset from it and, on S3FD's anchors
+(density 4, so density 1 once shrunk 4 times) would leave body labels only to faces close
+to a cell centre. Real head/body boxes (the embedded data set has them) can replace the
+derived ones face by face. ``pyramid_anchor_labels`` then labels every anchor against one
+set of context boxes: IoU strictly above ``threshold``, no low-quality matches.
+
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
 box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2).
-Dimension legend: A anchors, N objects.
+Dimension legend: A anchors, N objects, k the pyramid-anchor order (0 face, 1 head, 2 body).
 """
 
 from __future__ import annotations
@@ -66,6 +81,45 @@ def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tens
     if ignore.any():
         on_crowd = ioa(anchors, boxes[ignore]).max(1).values >= ignore_ioa  # [A]
         out[on_crowd & (out < 0)] = IGNORE
+    return out
+
+
+def context_boxes(faces: torch.Tensor, k: int, *, spa: float = 2.0,
+                  given: torch.Tensor | None = None) -> torch.Tensor:
+    """The k-th PyramidAnchors target of each face: the face grown ``spa**k`` times about its
+    centre, or the row of ``given`` (real head/body boxes) where that row is finite. ``[N, 4]``.
+    """
+    f = float(spa) ** int(k)
+    centre = (faces[:, :2] + faces[:, 2:]) / 2  # [N, 2]
+    half = (faces[:, 2:] - faces[:, :2]) / 2 * f  # [N, 2]
+    out = torch.cat([centre - half, centre + half], 1)  # [N, 4]
+    if given is not None and len(given):
+        given = given.to(out)
+        real = torch.isfinite(given).all(1)  # [N] rows that hold a real box
+        out[real] = given[real]
+    return out
+
+
+def pyramid_anchor_labels(anchors: torch.Tensor, targets: torch.Tensor,
+                          ignore: torch.Tensor | None = None, *,
+                          threshold: float = 0.35) -> torch.Tensor:
+    """PyramidAnchors' rule for one branch: each anchor's best target if their IoU is above
+    ``threshold`` (strictly), else ``NEGATIVE``; anchors above it only with ignored targets
+    are ``IGNORE``. ``targets`` are face boxes (k = 0) or ``context_boxes`` (k > 0). ``[A]``."""
+    A = len(anchors)
+    out = torch.full((A,), NEGATIVE, dtype=torch.int64, device=anchors.device)
+    if len(targets) == 0:
+        return out
+    ignore = torch.zeros(len(targets), dtype=torch.bool, device=targets.device) \
+        if ignore is None else ignore.bool()
+    iou = torchvision.ops.box_iou(anchors, targets.to(anchors))  # [A, N]
+    iou = torch.nan_to_num(iou, nan=0.0)
+    hit = iou > threshold  # [A, N]
+    crowd = (hit & ignore[None]).any(1)  # [A]
+    iou = iou.masked_fill(ignore[None] | ~hit, -1.0)
+    best, arg = iou.max(1)  # [A]
+    out[crowd] = IGNORE
+    out[best > threshold] = arg[best > threshold]
     return out
 
 

@@ -1,14 +1,20 @@
 """Geometric and photometric transforms that keep an image and its target consistent.
 
 Layer L1. Each transform is a callable ``t(image, target, g) -> (image, target)`` with
-``image`` float32 ``[3, H, W]`` in [0, 1], ``target`` per the data contract (DESIGN.md) and
-``g`` a ``torch.Generator``, the only source of randomness. Geometric transforms move
+``image`` float32 ``[3, H, W]`` in [0, 1], ``target`` per the data contract of
+``sodlab.data.dataset`` and ``g`` a ``torch.Generator``, the only source of randomness. Geometric transforms move
 every ``[N, 4]`` xyxy entry whose key ends in ``"boxes"`` (``boxes``, ``head_boxes``, ...),
 the ``masks [N, H, W]`` and the ``area``. Boxes are continuous pixels (x1 <= x < x2), so a
 horizontal flip maps ``x1' = W - x2, x2' = W - x1``. Used by the dataset
 (``DetectionDataset(transforms=...)``) and taught in notebook 02_augmentation.
 
-Dimension legend: N objects, H x W image height and width (H' x W' after resizing).
+``DataAnchorSampling`` is PyramidBox's data-anchor-sampling (Tang et al. 2018, notebook
+06): it rescales the image so that one randomly chosen face takes the size of a randomly
+chosen anchor no larger than one step above the face's own, then crops a square training
+input around that face, so small faces become more frequent in training.
+
+Dimension legend: N objects, H x W image height and width (H' x W' after resizing),
+S the square crop's side.
 """
 
 from __future__ import annotations
@@ -145,3 +151,173 @@ class ColorJitter:
     def __repr__(self) -> str:
         return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
                 f"saturation={self.saturation})")
+
+
+def _per_object_keys(target: dict, n: int) -> list[str]:
+    return [k for k, v in target.items() if isinstance(v, torch.Tensor) and v.dim() >= 1
+            and v.shape[0] == n]
+
+
+class DataAnchorSampling:
+    """PyramidBox's data-anchor-sampling, then a square ``size x size`` crop around one face.
+
+    With probability ``p`` (0.5 in the paper's public code; otherwise, or when the image
+    has no trained face, the image is only resized to ``ResizeLongest(size)``):
+
+    1. pick one trained face (not ``iscrowd``, positive size) uniformly; its size is
+       ``s = sqrt(w * h)``;
+    2. ``i`` = index of the ``anchor_sizes`` entry nearest to ``s`` (the smaller on a tie);
+    3. draw a target index uniformly from ``{0, ..., min(max_index, i + 1)}``
+       (``max_index`` defaults to the last anchor, 5 for PyramidBox's six);
+    4. draw the target size ``s_t`` uniformly in ``[a / 2, 2 a]`` for that anchor size ``a``;
+    5. rescale the image by ``s_t / s`` and crop ``size x size`` around the face: the crop
+       offset is uniform among windows that hold the whole face and, as far as the face
+       allows, lie inside the rescaled image (or hold all of it when it is smaller than
+       the crop); what the crop has beyond the image is zeros.
+
+    Rule for the other objects: a box whose centre lies in the crop is kept, clipped to
+    the crop; a box only partly in the crop with its centre outside is kept clipped but
+    marked ``iscrowd`` (ignored, so its visible part is not trained as background); a box
+    with nothing in the crop is dropped. ``area`` scales with the image and with the share
+    of the box left after clipping. Context boxes (``head_boxes``, ``body_boxes``) are moved
+    and scaled with the image but not clipped (the detector clips them to the image);
+    missing (NaN) rows stay NaN. Masks are resampled to the crop (nearest pixel).
+
+    Every argument is plain JSON, so ``DataAnchorSampling(**spec)`` builds it from a recipe
+    dict; ``to_dict()`` gives that dict back. Randomness only from ``g``; ``draw`` exposes
+    the choices of steps 1-4.
+    """
+
+    def __init__(self, anchor_sizes: Sequence[float], size: int, *, p: float = 0.5,
+                 max_index: int | None = None) -> None:
+        sizes = [float(a) for a in anchor_sizes]
+        if not sizes or min(sizes) <= 0 or sizes != sorted(sizes):
+            raise ValueError(f"anchor_sizes must be positive and ascending, got {anchor_sizes}")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.anchor_sizes = sizes
+        self.size = int(size)
+        self.p = float(p)
+        self.max_index = len(sizes) - 1 if max_index is None else int(max_index)
+        if not 0 <= self.max_index < len(sizes):
+            raise ValueError(f"max_index must index anchor_sizes, got {max_index}")
+        self._resize = ResizeLongest(self.size)
+
+    def to_dict(self) -> dict:
+        return {"anchor_sizes": list(self.anchor_sizes), "size": self.size, "p": self.p,
+                "max_index": self.max_index}
+
+    def __repr__(self) -> str:
+        return (f"DataAnchorSampling({self.anchor_sizes}, {self.size}, p={self.p}, "
+                f"max_index={self.max_index})")
+
+    def draw(self, boxes: torch.Tensor, iscrowd: torch.Tensor | None,
+             g: torch.Generator) -> dict | None:
+        """Steps 1-4: ``face`` (row of ``boxes``), ``nearest`` (i), ``index`` (target index),
+        ``target`` (s_t) and ``scale`` (s_t / s); None when no face can be chosen."""
+        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)  # [N, 2]
+        ok = (wh > 0).all(1)  # [N]
+        if iscrowd is not None:
+            ok &= ~iscrowd.bool()
+        cand = torch.nonzero(ok).flatten()
+        if len(cand) == 0:
+            return None
+        j = int(cand[int(torch.randint(len(cand), (1,), generator=g))])
+        s = float(wh[j].prod().sqrt())
+        dist = [abs(a - s) for a in self.anchor_sizes]
+        i = dist.index(min(dist))
+        top = min(self.max_index, i + 1)
+        t = int(torch.randint(top + 1, (1,), generator=g))
+        a = self.anchor_sizes[t]
+        s_t = _uniform(g, a / 2, 2 * a)
+        return {"face": j, "nearest": i, "index": t, "target": s_t, "scale": s_t / s}
+
+    def __call__(self, image: torch.Tensor, target: dict, g: torch.Generator):
+        if float(torch.rand((), generator=g)) >= self.p:
+            return self._resize(image, target)
+        boxes = target["boxes"]  # [N, 4]
+        choice = self.draw(boxes, target.get("iscrowd"), g)
+        if choice is None:
+            return self._resize(image, target)
+        _, H, W = image.shape
+        scale = choice["scale"]
+        if scale < 1.0:  # shrink with antialiasing first, then cut at scale 1
+            nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
+            src = F.interpolate(image[None], size=(nh, nw), mode="bilinear",
+                                align_corners=False, antialias=True)[0]
+            sx, sy, fx, fy = nw / W, nh / H, 1.0, 1.0
+        else:
+            src, sx, sy, fx, fy = image, scale, scale, scale, scale
+        face = boxes[choice["face"]].tolist()
+        x0 = self._offset(face[0] * sx, face[2] * sx, W * sx, g)
+        y0 = self._offset(face[1] * sy, face[3] * sy, H * sy, g)
+        out = _sample(src, x0, y0, fx, fy, self.size, mode="bilinear").clamp_(0.0, 1.0)
+        return out, self._move_target(target, x0, y0, sx, sy)
+
+    def _offset(self, lo: float, hi: float, extent: float, g: torch.Generator) -> float:
+        """A crop start along one axis: the face ``[lo, hi)`` inside the window and the window
+        inside the image ``[0, extent)`` (or the image inside the window) when both fit; a
+        whole pixel when the drawn start can be rounded to one without breaking that."""
+        S = self.size
+        if hi - lo > S:  # the face is larger than the crop: the crop lies inside it
+            a, b = lo, hi - S
+        else:
+            a, b = hi - S, lo  # windows holding the face
+            ia, ib = (max(a, 0.0), min(b, extent - S)) if extent >= S else \
+                (max(a, extent - S), min(b, 0.0))
+            if ia <= ib:
+                a, b = ia, ib
+        x = _uniform(g, a, b)
+        return float(round(x)) if a <= round(x) <= b else x
+
+    def _move_target(self, target: dict, x0: float, y0: float, sx: float, sy: float) -> dict:
+        S = self.size
+        boxes = target["boxes"]
+        n = len(boxes)
+        shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+        moved = boxes * scale - shift  # [N, 4] crop pixels
+        clipped = moved.clone()
+        clipped[:, 0::2] = clipped[:, 0::2].clamp(0, S)
+        clipped[:, 1::2] = clipped[:, 1::2].clamp(0, S)
+        centre = (moved[:, :2] + moved[:, 2:]) / 2  # [N, 2]
+        inside = ((centre >= 0) & (centre < S)).all(1)  # [N]
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])  # [N] visible
+        per_object = _per_object_keys(target, n)
+        out = {k: v for k, v in target.items() if k not in per_object}
+        for k in per_object:
+            out[k] = target[k][keep]
+        out["boxes"] = clipped[keep]
+        crowd = target.get("iscrowd", torch.zeros(n, dtype=torch.bool)).bool()
+        out["iscrowd"] = (crowd | ~inside)[keep]
+        if "area" in target:
+            full = (moved[:, 2:] - moved[:, :2]).clamp(min=0).prod(1)  # [N]
+            part = (clipped[:, 2:] - clipped[:, :2]).clamp(min=0).prod(1)  # [N]
+            share = torch.where(full > 0, part / full.clamp(min=1e-12), torch.zeros_like(full))
+            out["area"] = (target["area"] * (sx * sy) * share)[keep]
+        for k in _box_keys(target):
+            if k != "boxes":
+                out[k] = (target[k] * scale.to(target[k]) - shift.to(target[k]))[keep]
+        if "masks" in target:
+            m = target["masks"][keep]  # [N', H, W]
+            if len(m):
+                out["masks"] = _sample(m.float(), x0, y0, sx, sy, S, mode="nearest") > 0.5
+            else:
+                out["masks"] = torch.zeros((0, S, S), dtype=torch.bool)
+        return out
+
+
+def _sample(x: torch.Tensor, x0: float, y0: float, sx: float, sy: float, S: int, *,
+            mode: str) -> torch.Tensor:
+    """``x [C, H, W]`` scaled by ``(sx, sy)`` and cut at ``(x0, y0)`` to ``[C, S, S]``, zeros
+    outside; output pixel centre ``u + 0.5`` reads input ``(u + 0.5 + x0) / sx`` (continuous
+    pixels)."""
+    _, H, W = x.shape
+    u = (torch.arange(S, dtype=torch.float32) + 0.5 + x0) / sx  # [S] input x
+    v = (torch.arange(S, dtype=torch.float32) + 0.5 + y0) / sy  # [S] input y
+    gy, gx = torch.meshgrid(2 * v / H - 1, 2 * u / W - 1, indexing="ij")  # [S, S]
+    grid = torch.stack([gx, gy], -1)[None].to(x.dtype)  # [1, S, S, 2]
+    return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros",
+                         align_corners=False)[0]  # [C, S, S]

@@ -9,6 +9,12 @@
   up-sampled stride-16 map (after 1x1 reductions), M2 at stride 16, M3 at stride 32 on a
   max-pooled stride-16 map; each module a 3x3 branch concatenated with a context module
   whose 5x5- and 7x7-equivalent branches are stacked 3x3 convs sharing the first.
+- ``lfpn`` (PyramidBox's low-level FPN, Tang et al. 2018, notebook 06): a top-down pathway
+  that starts at a middle level (``start``, by default the middle stride: S3FD's fc7 at
+  stride 32 of 4 … 128) instead of the top, since the top levels' receptive fields are
+  mostly background around a small face. Each finer level is the product of its own 1x1
+  reduction and the 1x1-reduced, bilinearly up-sampled level above it (both after ReLU);
+  the start level and those above it are projected only, as in ``plain``.
 
 Shapes: ``{stride: [B, C_s, H_s, W_s]}`` -> ``{stride: [B, C, H_s, W_s]}`` for the strides asked.
 Dimension legend: B batch, C the neck's width.
@@ -66,6 +72,42 @@ class FPN(nn.Module):
         return out
 
 
+class LFPN(nn.Module):
+    """Low-level FPN: top-down fusion by element-wise product from ``start`` down."""
+
+    def __init__(self, channels: dict[int, int], strides: list[int], width: int, *,
+                 start: int | None = None) -> None:
+        super().__init__()
+        self.strides = sorted(strides)
+        self.start = middle_stride(self.strides) if start is None else int(start)
+        if self.start not in self.strides:
+            raise ValueError(f"lfpn start {self.start} is not one of the strides {strides}")
+        self.fused = [s for s in self.strides if s < self.start]  # fine to coarse
+        self.proj = nn.ModuleDict({str(s): conv_bn(channels[s], width, k=1)
+                                   for s in self.strides if s >= self.start})
+        self.lateral = nn.ModuleDict({str(s): conv_bn(channels[s], width, k=1)
+                                      for s in self.fused})
+        above = [self.start, *reversed(self.fused)][:len(self.fused)]  # the map fused into each
+        self.top = nn.ModuleDict({str(s): conv_bn(channels[a] if a == self.start else width,
+                                                  width, k=1)
+                                  for s, a in zip(reversed(self.fused), above)})
+
+    def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        out = {s: self.proj[str(s)](feats[s]) for s in self.strides if s >= self.start}
+        top = feats[self.start]  # the top-down path starts from the raw start-level map
+        for s in reversed(self.fused):  # coarse to fine
+            lat = self.lateral[str(s)](feats[s])  # [B, C, H_s, W_s]
+            up = F.interpolate(self.top[str(s)](top), size=lat.shape[-2:], mode="bilinear",
+                               align_corners=False)  # [B, C, H_s, W_s]
+            top = out[s] = up * lat
+        return {s: out[s] for s in self.strides}
+
+
+def middle_stride(strides: list[int]) -> int:
+    """LFPN's default start: the stride at index ``len // 2`` (32 of S3FD's 4 … 128)."""
+    return sorted(strides)[len(strides) // 2]
+
+
 class ContextModule(nn.Module):
     """SSH context: 5x5- and 7x7-equivalent branches of stacked 3x3 convs sharing the first."""
 
@@ -114,7 +156,8 @@ class SSH(nn.Module):
         return {8: self.m1(x8), 16: self.m2(x16), 32: self.m3(x32)}
 
 
-def build_neck(name: str, channels: dict[int, int], strides: list[int], width: int) -> nn.Module:
+def build_neck(name: str, channels: dict[int, int], strides: list[int], width: int, *,
+               lfpn_start: int | None = None) -> nn.Module:
     if name == "none":
         if len(strides) != 1:
             raise ValueError(f"neck 'none' takes one stride, got {strides}")
@@ -130,4 +173,9 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
         if sorted(strides) != [8, 16, 32]:
             raise ValueError(f"neck 'ssh' has modules at strides 8, 16, 32, got {strides}")
         return SSH(channels, width)
-    raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn or ssh")
+    if name == "lfpn":
+        missing = [s for s in strides if s not in channels]
+        if missing:
+            raise ValueError(f"the backbone has no map at strides {missing}")
+        return LFPN(channels, strides, width, start=lfpn_start)
+    raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn, ssh or lfpn")
