@@ -3,9 +3,11 @@
 An anchor-based detector of the RetinaNet/SSD family: backbone -> neck (``none`` = one level,
 ``fpn``, ``ssh``) -> shared head -> anchors per level -> IoU matching -> focal loss (or
 softmax with 3:1 hard-negative mining) -> post-processing (score threshold, top-k per level,
-decoding, class-wise NMS, ``max_dets``). Named presets keep their paper's structure; anchor
-sizes are the paper's times one factor, ``anchor_scale``, chosen so the smallest anchor fits
-the embedded dataset's smallest faces (about 5 px):
+decoding, class-wise NMS, ``max_dets``). Named presets keep their paper's structure and state
+the paper's anchor sizes in ``anchor_sizes``; ``level_specs`` multiplies them by one factor,
+``anchor_scale`` (default 1/4), chosen so the smallest anchor fits the embedded dataset's
+smallest faces (about 5 px). ``--set anchor_scale=0.5`` doubles every anchor and nothing
+else; ``scaled_anchor_sizes(cfg)`` gives the sizes the detector uses:
 
 - ``baseline``: one level at stride 16 with the FPN paper's five sizes 32…512 all on it,
   x 1/4 -> 8…128, ratios {1:2, 1:1, 2:1} (15 anchors per cell).
@@ -23,6 +25,25 @@ the embedded dataset's smallest faces (about 5 px):
 - ``s3fd``: strides 4…128 with anchor = 4 x stride (16…512), x 1/4 -> 4…128; ratio 1;
   matching at 0.35 then scale compensation; max-out background (3 scores) on stride 4;
   softmax with 3:1 hard negatives.
+- ``pyramidbox`` (Tang et al. 2018): S3FD's levels, anchors, matching and loss with the
+  four PyramidBox parts on: ``lfpn`` (the low-level FPN from stride 32 down replaces the
+  plain neck), ``cpm`` (a context-sensitive prediction module per level), ``max_in_out``
+  (1 face + 3 background scores on stride 4, 3 face + 1 background elsewhere; replaces
+  ``maxout_bg``) and ``pyramid_anchors`` (head and body scores, training only).
+
+PyramidAnchors in the loss: every anchor gets a head and a body label by
+``sodlab.matching.pyramid_anchor_labels`` (IoU > 0.35) against each face's head / body box:
+the real ``head_boxes`` / ``body_boxes`` of the target where the data has them
+(``cfg.context_keys`` names the annotation keys the dataset should load), else the
+paper's box derived from the face (grown 2x / 4x about its centre); a target without those
+keys, or a face whose row is NaN (missing), falls back to the derived box, never an error,
+and the loss reports the share of derived boxes as ``context_derived``. Context boxes are
+clipped to the image (``size``) first, so a body that leaves the image is matched by its
+visible part (one wholly outside matches nothing); anchors on a crowd face's context are
+ignored. Each branch is a two-way softmax with 3:1 hard negatives normalised by its own
+positives, added with weights ``CONTEXT_WEIGHTS`` (head 1, body 1: the paper's public code
+adds its face and head losses unweighted). The paper also regresses head and body boxes;
+here they are classified only. At test time only the face branch runs.
 
 The factor 1/4 keeps each paper's structure (levels, anchors per level, ratios, thresholds)
 and shrinks every anchor alike, so tiling densities (size / stride) shrink by 4 too:
@@ -47,12 +68,13 @@ import torchvision
 from torch import nn
 
 from sodlab.anchors import LevelSpec, anchors_for_level
-from sodlab.boxes import BoxCoder
+from sodlab.boxes import BoxCoder, clip_boxes
 from sodlab.errors import InputError
 from sodlab.losses import box_loss, focal_loss, softmax_ohem_loss
-from sodlab.matching import match_anchors
+from sodlab.matching import context_boxes, match_anchors, pyramid_anchor_labels
 from sodlab.models.backbones import build_backbone
-from sodlab.models.heads import Head
+from sodlab.models.context import LevelCPM
+from sodlab.models.heads import ContextClassifier, Head
 from sodlab.models.necks import build_neck
 
 
@@ -68,8 +90,8 @@ class DetectorConfig:
     width: int = 32
     head_depth: int = 1
     strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
-    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[8], [16], [32], [64],
-                                                                     [128]])
+    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[32], [64], [128], [256],
+                                                                     [512]])  # paper px
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     anchor_offset: float = 0.5
     anchor_scale: float = 0.25
@@ -84,12 +106,20 @@ class DetectorConfig:
     nms_iou: float = 0.5
     topk_per_level: int = 1000
     max_dets: int = 100
-    lr: float = 2e-3
+    lfpn: bool = False  # PyramidBox's low-level FPN replaces the plain neck
+    cpm: bool = False  # a context-sensitive prediction module on every level
+    pyramid_anchors: bool = False  # head and body scores trained beside the face's
+    max_in_out: bool = False  # finest level 1 face / 3 bg scores, others 3 face / 1 bg
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:
+        """Per-object context boxes (``head_bbox``, ``body_bbox``) the loss reads from targets."""
+        return ("head_bbox", "body_bbox") if self.pyramid_anchors else ()
 
 
 def _baseline(**kw) -> DetectorConfig:
     return DetectorConfig(preset="baseline", neck="none", strides=[16],
-                          anchor_sizes=[[8, 16, 32, 64, 128]], **kw)
+                          anchor_sizes=[[32, 64, 128, 256, 512]], **kw)
 
 
 def _fpn(**kw) -> DetectorConfig:
@@ -98,13 +128,13 @@ def _fpn(**kw) -> DetectorConfig:
 
 def _ssh(**kw) -> DetectorConfig:
     return DetectorConfig(preset="ssh", neck="ssh", strides=[8, 16, 32],
-                          anchor_sizes=[[4, 8], [16, 32], [64, 128]], anchor_ratios=[1.0],
+                          anchor_sizes=[[16, 32], [64, 128], [256, 512]], anchor_ratios=[1.0],
                           pos_iou=0.5, neg_iou=0.3, **kw)
 
 
 def _faceboxes(**kw) -> DetectorConfig:
     return DetectorConfig(preset="faceboxes", backbone="faceboxes", neck="plain",
-                          strides=[32, 64, 128], anchor_sizes=[[8, 16, 32], [64], [128]],
+                          strides=[32, 64, 128], anchor_sizes=[[32, 64, 128], [256], [512]],
                           anchor_densify=[[4, 2, 1], [1], [1]], anchor_ratios=[1.0],
                           head_depth=0, pos_iou=0.35, neg_iou=0.35, loss="softmax_ohem", **kw)
 
@@ -113,64 +143,142 @@ def _faceboxes_s16(**kw) -> DetectorConfig:
     # faceboxes with one more level: backbone, head, matching and loss stay its own
     return dataclasses.replace(_faceboxes(**kw), preset="faceboxes_s16", neck="fpn",
                                strides=[16, 32, 64, 128],
-                               anchor_sizes=[[8], [16, 32], [64], [128]],
+                               anchor_sizes=[[32], [64, 128], [256], [512]],
                                anchor_densify=[[2], [2, 1], [1], [1]])
 
 
 def _s3fd(**kw) -> DetectorConfig:
     return DetectorConfig(preset="s3fd", neck="plain", strides=[4, 8, 16, 32, 64, 128],
-                          anchor_sizes=[[4], [8], [16], [32], [64], [128]], anchor_ratios=[1.0],
+                          anchor_sizes=[[16], [32], [64], [128], [256], [512]],
+                          anchor_ratios=[1.0],
                           pos_iou=0.35, neg_iou=0.35, low_quality=False, compensate=True,
                           maxout_bg=2, loss="softmax_ohem", **kw)
+
+
+def _pyramidbox(**kw) -> DetectorConfig:
+    # S3FD's levels, anchor rule, matching and loss, with PyramidBox's four parts on
+    return dataclasses.replace(_s3fd(**kw), preset="pyramidbox", lfpn=True, cpm=True,
+                               pyramid_anchors=True, max_in_out=True)
 
 
 PRESETS: dict[str, Callable[..., DetectorConfig]] = {"baseline": _baseline, "fpn": _fpn,
                                                      "ssh": _ssh, "faceboxes": _faceboxes,
                                                      "faceboxes_s16": _faceboxes_s16,
-                                                     "s3fd": _s3fd}
+                                                     "s3fd": _s3fd, "pyramidbox": _pyramidbox}
+CONTEXT_WEIGHTS = {"head": 1.0, "body": 1.0}  # PyramidAnchors' loss weights (k = 1, 2)
 
 
-def _parse(value):
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def _type_ok(value, annotation: str) -> tuple[bool, object]:
+    """Whether ``value`` fits a field's annotation (as written in the source); the coerced value."""
+    for option in (a.strip() for a in annotation.split("|")):
+        if option == "None" and value is None:
+            return True, None
+        if option == "bool" and isinstance(value, bool):
+            return True, value
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if option == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if option == "str" and isinstance(value, str):
+            return True, value
+        if option.startswith("list[") and isinstance(value, list):
+            inner = option[5:-1]
+            items = [_type_ok(v, inner) for v in value]
+            if all(ok for ok, _ in items):
+                return True, [v for _, v in items]
+    return False, value
 
 
-def make_config(preset: str, *, num_classes: int, overrides=()) -> DetectorConfig:
-    """A preset's config with ``key=value`` overrides (values parsed as JSON when they parse)."""
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = PRESETS[preset](num_classes=num_classes)
+def _parse_value(key: str, value, annotation: str):
+    """An override's value: JSON when a string parses as JSON, then checked against the field."""
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = raw
+    ok, coerced = _type_ok(value, annotation)
+    if not ok and isinstance(raw, str) and value is not raw:
+        ok, coerced = _type_ok(raw, annotation)  # e.g. a str field given "1e-3"
+    if not ok:
+        raise InputError(f"override {key}={raw!r}: expected {annotation}, got "
+                         f"{type(value).__name__}")
+    return coerced
+
+
+def parse_overrides(overrides) -> dict:
+    """``key=value`` strings (or a dict) as a dict of typed ``DetectorConfig`` field values.
+
+    Values parse as JSON when they do (``--set anchor_scale=0.5``, ``--set strides=[8,16]``)
+    and must fit the field's type; an unknown key or a wrong type is an InputError naming it.
+    """
     items = overrides.items() if isinstance(overrides, dict) else (
         o.split("=", 1) if "=" in o else (o, None) for o in overrides)
-    valid = {f.name for f in dataclasses.fields(DetectorConfig)}
+    fields = {f.name: f for f in dataclasses.fields(DetectorConfig)}
+    out = {}
     for key, value in items:
-        key = key.strip()
-        if value is None:
+        key = str(key).strip()
+        if value is None and not isinstance(overrides, dict):
             raise InputError(f"override {key!r} needs the form key=value")
-        if key not in valid:
-            raise InputError(f"unknown config key {key!r}; valid keys: {sorted(valid)}")
-        setattr(cfg, key, _parse(value))
+        if key not in fields:
+            raise InputError(f"unknown config key {key!r}; valid keys: {sorted(fields)}")
+        out[key] = _parse_value(key, value, str(fields[key].type))
+    return out
+
+
+def _check(cfg: DetectorConfig) -> DetectorConfig:
     if len(cfg.anchor_sizes) != len(cfg.strides):
         raise InputError(f"anchor_sizes has {len(cfg.anchor_sizes)} levels but strides has "
                          f"{len(cfg.strides)}")
     if cfg.anchor_densify is not None and [len(d) for d in cfg.anchor_densify] != \
             [len(s) for s in cfg.anchor_sizes]:
         raise InputError("anchor_densify needs one factor per anchor size on every level")
+    if not cfg.anchor_scale > 0:
+        raise InputError(f"anchor_scale must be > 0, got {cfg.anchor_scale}")
     if cfg.maxout_bg and cfg.loss != "softmax_ohem":
         raise InputError("maxout_bg needs loss=softmax_ohem (a background class to max over)")
+    if cfg.max_in_out and cfg.loss != "softmax_ohem":
+        raise InputError("max_in_out needs loss=softmax_ohem (a background class to max over)")
+    if cfg.lfpn and cfg.neck not in ("plain", "lfpn"):
+        raise InputError(f"lfpn replaces the plain neck; got neck={cfg.neck!r}")
+    if cfg.cpm and cfg.width % 4:
+        raise InputError(f"cpm needs a width divisible by 4, got {cfg.width}")
     return cfg
+
+
+def make_config(preset: str, *, num_classes: int, overrides=()) -> DetectorConfig:
+    """A preset's config with ``key=value`` overrides (typed, see ``parse_overrides``)."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return _check(dataclasses.replace(PRESETS[preset](num_classes=num_classes),
+                                      **parse_overrides(overrides)))
+
+
+def config_with_overrides(cfg: DetectorConfig, overrides) -> DetectorConfig:
+    """``cfg`` with overrides applied (typed and checked as in ``make_config``)."""
+    return _check(dataclasses.replace(cfg, **parse_overrides(overrides)))
+
+
+def config_from_dict(d: dict) -> DetectorConfig:
+    """A ``DetectorConfig`` from its dict (config.json, a checkpoint); unknown keys refused."""
+    fields = {f.name for f in dataclasses.fields(DetectorConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise InputError(f"config has unknown keys {sorted(unknown)}; is it from a newer sodlab?")
+    return _check(DetectorConfig(**d))
+
+
+def scaled_anchor_sizes(cfg: DetectorConfig) -> list[list[float]]:
+    """The anchor sizes the detector uses: the preset's paper sizes x ``anchor_scale``."""
+    return [[float(v) * cfg.anchor_scale for v in sz] for sz in cfg.anchor_sizes]
 
 
 def level_specs(cfg: DetectorConfig) -> list[LevelSpec]:
     """The anchor design of a config, one ``LevelSpec`` per stride."""
     dens = cfg.anchor_densify or [None] * len(cfg.strides)
-    return [LevelSpec(s, tuple(float(v) for v in sz), tuple(cfg.anchor_ratios), cfg.anchor_offset,
+    return [LevelSpec(s, tuple(sz), tuple(cfg.anchor_ratios), cfg.anchor_offset,
                       tuple(d) if d is not None else None)
-            for s, sz, d in zip(cfg.strides, cfg.anchor_sizes, dens)]
+            for s, sz, d in zip(cfg.strides, scaled_anchor_sizes(cfg), dens)]
 
 
 class Detector(nn.Module):
@@ -181,15 +289,26 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.levels = level_specs(cfg)
         self.backbone = build_backbone(cfg.backbone, max_stride=max(cfg.strides))
-        self.neck = build_neck(cfg.neck, self.backbone.channels, list(cfg.strides), cfg.width)
+        _check(cfg)
+        self.neck = build_neck("lfpn" if cfg.lfpn else cfg.neck, self.backbone.channels,
+                               list(cfg.strides), cfg.width)
+        self.cpm = LevelCPM(cfg.width, list(cfg.strides)) if cfg.cpm else None
         softmax = cfg.loss == "softmax_ohem"
         if cfg.loss not in ("focal", "softmax_ohem"):
             raise InputError(f"unknown loss {cfg.loss!r}; choose focal or softmax_ohem")
-        self.head = Head(cfg.width, {lv.stride: lv.num_anchors for lv in self.levels},
+        finest = min(cfg.strides)
+        maxout = {finest: cfg.maxout_bg} if cfg.maxout_bg else None
+        maxin = None
+        if cfg.max_in_out:  # PyramidBox: c_n = 3 on the finest level, c_p = 3 on the others
+            maxout, maxin = {finest: 2}, {s: 2 for s in cfg.strides if s != finest}
+        per_level = {lv.stride: lv.num_anchors for lv in self.levels}
+        self.head = Head(cfg.width, per_level,
                          cfg.num_classes + (1 if softmax else 0), depth=cfg.head_depth,
                          prior=None if softmax else 0.01,
                          background_prior=0.99 if softmax else None,
-                         maxout={min(cfg.strides): cfg.maxout_bg} if cfg.maxout_bg else None)
+                         maxout=maxout, maxin=maxin)
+        self.context_head = ContextClassifier(cfg.width, per_level, branches=2) \
+            if cfg.pyramid_anchors else None
         self.coder = BoxCoder()
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
@@ -204,7 +323,11 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         feats = self.neck(self.backbone(images))
-        outs = self.head(feats)  # {stride: (cls [B, A_s, K'], box [B, A_s, 4])}
+        if self.cpm is not None:
+            feats = self.cpm(feats)
+        # {stride: (cls [B, A_s, K'], box [B, A_s, 4])}, float32 even under bf16 autocast, so
+        # matching, the loss and decoding never run in reduced precision
+        outs = {s: (c.float(), b.float()) for s, (c, b) in self.head(feats).items()}
         anchors = self.anchors({s: tuple(f.shape[-2:]) for s, f in feats.items()},
                                images.device)
         strides = [lv.stride for lv in self.levels]
@@ -212,16 +335,39 @@ class Detector(nn.Module):
             cls = torch.cat([outs[s][0] for s in strides], 1)  # [B, A, K']
             box = torch.cat([outs[s][1] for s in strides], 1)  # [B, A, 4]
             all_anchors = torch.cat([anchors[s] for s in strides])  # [A, 4]
-            return self.loss(cls, box, all_anchors, targets)
+            context = None
+            if self.context_head is not None:  # training only: test time uses the face branch
+                ctx = self.context_head(feats)  # {stride: [B, A_s, 2, 2]}
+                context = torch.cat([ctx[s].float() for s in strides], 1)  # [B, A, 2, 2]
+            return self.loss(cls, box, all_anchors, targets, context=context,
+                             hw=tuple(images.shape[-2:]))
         return self.postprocess(outs, anchors, images.shape[-2:], targets)
 
     def loss(self, cls: torch.Tensor, box: torch.Tensor, anchors: torch.Tensor,
-             targets: list[dict]) -> dict[str, torch.Tensor]:
+             targets: list[dict], *, context: torch.Tensor | None = None,
+             hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Face losses; with ``context [B, A, 2, 2]`` also the head and body terms (module doc)."""
         cfg = self.cfg
         labels_all, logits_all, deltas_pred, deltas_tgt = [], [], [], []
+        ctx_labels: list[list[torch.Tensor]] = [[], []]
+        ctx_logits: list[list[torch.Tensor]] = [[], []]
+        n_derived = n_context = 0
         for b, t in enumerate(targets):
             gt = t["boxes"].to(anchors.dtype)
             crowd = t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
+            if context is not None:
+                h, w = t.get("size", hw)
+                for r, (key, k) in enumerate((("head_boxes", 1), ("body_boxes", 2))):
+                    given = t.get(key)
+                    real = torch.zeros(len(gt), dtype=torch.bool, device=gt.device) \
+                        if given is None else torch.isfinite(given).all(1).to(gt.device)
+                    n_context += int((~crowd.bool()).sum())
+                    n_derived += int((~crowd.bool() & ~real).sum())
+                    targets_k = clip_boxes(context_boxes(gt, k, given=given), h, w)  # [N, 4]
+                    mk = pyramid_anchor_labels(anchors, targets_k, crowd)  # [A]
+                    counted = mk >= -1
+                    ctx_labels[r].append(torch.where(mk[counted] >= 0, 0, -1))
+                    ctx_logits[r].append(context[b][counted, r])  # [M, 2]
             m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
                               allow_low_quality=cfg.low_quality, compensate=cfg.compensate)
             counted = m >= -1  # [A] positives and negatives
@@ -240,8 +386,16 @@ class Detector(nn.Module):
         else:
             l_cls = softmax_ohem_loss(logits, labels, num_pos)
         l_box = box_loss(torch.cat(deltas_pred), torch.cat(deltas_tgt), num_pos)
-        return {"loss": l_cls + l_box, "cls": l_cls.detach(), "box": l_box.detach(),
-                "num_pos": torch.tensor(num_pos)}
+        out = {"loss": l_cls + l_box, "cls": l_cls.detach(), "box": l_box.detach(),
+               "num_pos": torch.tensor(num_pos)}
+        if context is not None:
+            for r, name in enumerate(("head", "body")):
+                lab = torch.cat(ctx_labels[r])  # [M]
+                l_ctx = softmax_ohem_loss(torch.cat(ctx_logits[r]), lab, float((lab >= 0).sum()))
+                out["loss"] = out["loss"] + CONTEXT_WEIGHTS[name] * l_ctx
+                out[name] = l_ctx.detach()
+            out["context_derived"] = torch.tensor(n_derived / max(n_context, 1))
+        return out
 
     @torch.no_grad()
     def postprocess(self, outs, anchors, hw, targets=None) -> list[dict]:

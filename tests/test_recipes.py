@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sodlab.augment import CopyPaste
-from sodlab.engine.recipes import train_kwargs
+from sodlab.data.transforms import RandomHFlip, ResizeLongest
+from sodlab.engine.recipes import build_transforms
 from sodlab.errors import InputError
 from sodlab.snip import SniperChip, SnipScale
 
@@ -22,25 +23,26 @@ def split(tmp_path):
 
 
 def test_default_is_flip_only(split):
-    kw = train_kwargs(None, input_size=256, train_split=split)
-    assert set(kw) == {"augment"} and len(kw["augment"]) == 1
+    kw = build_transforms(None, input_size=256, train_split=split)
+    assert [type(t) for t in kw["transforms"]] == [ResizeLongest, RandomHFlip]
+    assert kw["oversample"] is None and kw["with_masks"] is False
 
 
 def test_oversample_and_copy_paste(split):
-    kw = train_kwargs({"oversample": 3, "copy_paste": {"p": 1.0, "with_context": True}},
+    kw = build_transforms({"oversample": 3, "copy_paste": {"p": 1.0, "with_context": True}},
                       input_size=256, train_split=split)
     assert kw["oversample"] == [3, 1, 1]
     assert kw["with_masks"] is True
-    cp = kw["augment"][-1]
+    cp = kw["transforms"][-1]
     assert isinstance(cp, CopyPaste) and cp.p == 1.0 and cp.kwargs == {"with_context": True}
 
 
 def test_snip_and_sniper_replace_the_chain(split):
-    kw = train_kwargs({"snip": {"scales": [2, 1, 0.5], "ranges": [[0, 32], [16, 64], [48, None]]}},
+    kw = build_transforms({"snip": {"scales": [2, 1, 0.5], "ranges": [[0, 32], [16, 64], [48, None]]}},
                       input_size=256, train_split=split)
-    assert isinstance(kw["transforms"][0], SnipScale) and "augment" not in kw
+    assert isinstance(kw["transforms"][0], SnipScale) and len(kw["transforms"]) == 2
     assert kw["transforms"][0].ranges[2][1] == float("inf")
-    kw = train_kwargs({"sniper": {"scales": [1], "ranges": [[0, None]], "chip": 128},
+    kw = build_transforms({"sniper": {"scales": [1], "ranges": [[0, None]], "chip": 128},
                        "flip": False}, input_size=256, train_split=split)
     assert isinstance(kw["transforms"][0], SniperChip) and len(kw["transforms"]) == 1
     img, t = kw["transforms"][0](torch.rand(3, 300, 300), {
@@ -52,11 +54,11 @@ def test_snip_and_sniper_replace_the_chain(split):
 
 def test_bad_recipes(split):
     with pytest.raises(InputError, match="unknown recipe keys"):
-        train_kwargs({"mosaic": True}, input_size=256, train_split=split)
+        build_transforms({"mosaic": True}, input_size=256, train_split=split)
     with pytest.raises(InputError, match="not both"):
-        train_kwargs({"snip": {"scales": [1], "ranges": [[0, None]]},
+        build_transforms({"snip": {"scales": [1], "ranges": [[0, None]]},
                       "sniper": {"scales": [1], "ranges": [[0, None]]}},
                      input_size=256, train_split=split)
     with pytest.raises(InputError, match="valid at no scale"):
-        train_kwargs({"snip": {"scales": [2, 1], "ranges": [[0, 10], [20, None]]}},
+        build_transforms({"snip": {"scales": [2, 1], "ranges": [[0, 10], [20, None]]}},
                      input_size=256, train_split=split)

@@ -35,7 +35,8 @@ def _seconds_per_call(fn: Callable[[int], object], n: int) -> float:
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | None = None,
         preset: str = "baseline", overrides: Sequence[str] | dict = (),
-        n_images: int | None = None, batch_size: int = 8, steps: int | None = None) -> dict:
+        n_images: int | None = None, batch_size: int = 8, steps: int | None = None,
+        precision: str = "auto") -> dict:
     """Images/s of loading and copy-paste, and copy-paste's share of a training step per image.
 
     ``data_root``: a dataset root (default: the embedded quick dataset). ``n_images`` items
@@ -47,6 +48,8 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     from sodlab.data.dataset import DetectionDataset, collate
     from sodlab.data.transforms import Compose, RandomHFlip, ResizeLongest
     from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
+    from sodlab.engine.train import TrainConfig, build_optimizer, train_step
 
     root = Path(data_root) if data_root else ensure_dataset("quick", 0, progress=progress)
     split = root / "train"
@@ -78,20 +81,17 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
         paste[name] = _seconds_per_call(one, n)
         pasted[name] = count[0]
 
+    prec = resolve_precision(precision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_detector(cfg)
+        model = prepare_model(build_detector(cfg), prec)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))
     batches = [collate([plain[(b * batch_size + j) % len(plain)] for j in range(batch_size)])
                for b in range(steps)]
 
     def step(i: int) -> None:
-        images, targets = batches[i % len(batches)]  # [B, 3, Hp, Wp]
-        loss = model(images, targets)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, batches[i % len(batches)], opt, precision=prec)
 
     step(0)  # warm-up
     step_s = _seconds_per_call(step, steps) / batch_size  # per image
@@ -119,4 +119,5 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
         "preset": preset,
         "input_size": int(cfg.input_size),
         "threads": torch.get_num_threads(),
+        "precision": prec,
     }

@@ -3,7 +3,7 @@
 Layer L4. Notebook 05_snip_sniper trains the four recipes on one budget of *images seen*;
 this benchmark says what that budget costs in time. Measured side by side in one run, in
 this process: training steps of the ``fpn`` preset on batches drawn through each recipe's
-own transforms (``sodlab.engine.recipes.train_kwargs``), timed round-robin (recipe 1, 2,
+own transforms (``sodlab.engine.train.build_dataset``), timed round-robin (recipe 1, 2,
 3, 4, 1, 2, ...) so that a change in the machine's load hits every recipe alike, and the
 median step per recipe reported; then inference per validation image at one scale and
 with SNIP's three scales (``sodlab.snip.multiscale_predict``). Ratios against single
@@ -43,14 +43,11 @@ def snip_recipes(chip: int, stride: int = 32) -> dict[str, dict | None]:
 def _batches(split: Path, recipe: dict | None, *, input_size: int, batch_size: int,
              steps: int) -> list[tuple[torch.Tensor, list[dict]]]:
     """``steps`` batches of ``batch_size`` training items, transformed as ``recipe`` trains."""
-    from sodlab.data.dataset import DetectionDataset, collate
-    from sodlab.data.transforms import Compose, ResizeLongest
-    from sodlab.engine.recipes import train_kwargs
+    from sodlab.data.dataset import collate
+    from sodlab.engine.train import TrainConfig, build_dataset
 
-    kw = train_kwargs(recipe, input_size=input_size, train_split=split)
-    ds = DetectionDataset(split, seed=0, with_masks=bool(kw.get("with_masks")))
-    chain = kw.get("transforms") or [ResizeLongest(input_size), *kw.get("augment", [])]
-    ds.transforms = Compose(list(chain))
+    ds = build_dataset(split, TrainConfig(recipe=recipe, batch_size=batch_size, seed=0),
+                       input_size=input_size)
     n = len(ds)
     return [collate([ds[(b * batch_size + j) % n] for j in range(batch_size)])
             for b in range(steps)]
@@ -58,7 +55,7 @@ def _batches(split: Path, recipe: dict | None, *, input_size: int, batch_size: i
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | None = None,
         preset: str = "fpn", overrides: Sequence[str] | dict = (), batch_size: int = 8,
-        rounds: int | None = None, n_test: int | None = None) -> dict:
+        rounds: int | None = None, n_test: int | None = None, precision: str = "auto") -> dict:
     """Median training step per recipe and inference per image, with ratios to single scale.
 
     ``data_root``: a dataset root (default: the embedded quick dataset). ``rounds``: timed
@@ -69,7 +66,9 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     from sodlab.data import ensure_dataset
     from sodlab.data.dataset import DetectionDataset
     from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
     from sodlab.engine.predict import as_given_predict_fn
+    from sodlab.engine.train import TrainConfig, build_optimizer, train_step
     from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, multiscale_predict
 
     root = Path(data_root) if data_root else ensure_dataset("quick", 0, progress=progress)
@@ -77,6 +76,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     cfg = make_config(preset, num_classes=DetectionDataset(split).num_classes,
                       overrides=overrides)
     size = int(cfg.input_size)
+    prec = resolve_precision(precision)
     recipes = snip_recipes(chip=size // 2)
     rounds = rounds or (1 if quick else 5)
     batches = {name: _batches(split, r, input_size=size, batch_size=batch_size,
@@ -84,16 +84,13 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_detector(cfg)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model = prepare_model(build_detector(cfg), prec)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))
 
     def step(images: torch.Tensor, targets: list[dict]) -> float:
         model.train()
         t0 = time.perf_counter()
-        loss = model(images, targets)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, (images, targets), opt, precision=prec)
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {name: [] for name in recipes}
@@ -150,4 +147,5 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
         "rounds": rounds,
         "test_images": n,
         "threads": torch.get_num_threads(),
+        "precision": prec,
     }

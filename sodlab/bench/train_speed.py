@@ -3,8 +3,14 @@
 Layer L4. For every preset in ``sodlab.detector.PRESETS``, measured one after another in
 the same run, each in a fresh subprocess (so its memory peak is its own):
 
-- ``train_images_per_s``: optimizer steps on batches of 8 images at the preset's input size,
-  batches prepared in memory beforehand (data loading not timed), after warm-up steps;
+- ``train_images_per_s``: ``sodlab.engine.train.train_step`` on batches of 8 images at the
+  preset's input size, batches prepared in memory beforehand (data loading not timed), after
+  warm-up steps, in the fast precision (``sodlab.engine.precision``: bf16 autocast +
+  channels-last where the CPU has AVX-512-BF16/AMX); ``*_fp32`` the fp32 NCHW path,
+  alternating with it in chunks of steps; ``*_e2e`` the same with the engine's data
+  loading included; ``fast_vs_fp32(_e2e)`` their ratios (the target: >= 2x for ``fpn``);
+- ``macs_per_image`` (one eval forward) and ``train_gflops_per_s`` (forward + backward
+  FLOPs per image x images/s), so the distance to the CPU's peak is on the page;
 - ``vga_ms_1t`` / ``vga_ms_2t``: median eval-mode forward + post-processing time of one
   640 x 480 image with ``torch.set_num_threads(1)`` and ``(2)``;
 - ``peak_rss_*_mb``: the process's peak resident memory (``resource.getrusage`` maxrss)
@@ -42,54 +48,116 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def _train_batches(root: Path, input_size: int, batch_size: int, n: int, seed: int) -> list:
-    from sodlab.data.dataset import DetectionDataset, collate
-    from sodlab.data.transforms import Compose, RandomHFlip, ResizeLongest
+def _train_dataset(root: Path, input_size: int, seed: int):
+    from sodlab.engine.train import TrainConfig, build_dataset
+
+    return build_dataset(root / "train", TrainConfig(seed=seed), input_size=input_size)
+
+
+def _train_batches(ds, batch_size: int, n: int, seed: int, start: int = 0) -> list:
+    """``n`` collated batches in the engine's data order, from global batch ``start`` on."""
+    from sodlab.data.dataset import collate
     from sodlab.engine.train import epoch_batches
 
-    ds = DetectionDataset(root / "train", seed=seed,
-                          transforms=Compose([ResizeLongest(input_size), RandomHFlip()]))
-    order = [i for e in range(n) for b in epoch_batches(
-        len(ds), batch_size=batch_size, world_size=1, seed=seed, epoch=e) for i in b]
+    order: list[int] = []
+    e = 0
+    while len(order) < (start + n) * batch_size:
+        order += [i for b in epoch_batches(len(ds), batch_size=batch_size, world_size=1,
+                                           seed=seed, epoch=e) for i in b]
+        e += 1
     return [collate([ds[i] for i in order[k * batch_size:(k + 1) * batch_size]])
-            for k in range(n)]
+            for k in range(start, start + n)]
+
+
+def count_flops(model: torch.nn.Module, batch, *, train: bool) -> float:
+    """FLOPs of one forward (``train=False``, eval) or forward + backward (``train=True``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, targets = batch
+    counter = FlopCounterMode(display=False)
+    if train:
+        model.train()
+        with counter:
+            model(images, targets)["loss"].backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+        with counter, torch.inference_mode():
+            model(images)
+    return float(counter.get_total_flops())
 
 
 def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10,
                    warmup: int = 2, repeats: int = 5, batch_size: int = 8,
-                   seed: int = 0) -> dict:
-    """Speed and memory of one preset in THIS process (run it in a fresh one)."""
-    from sodlab.data.dataset import DetectionDataset
+                   seed: int = 0, precision: str = "auto") -> dict:
+    """Speed and memory of one preset in THIS process (run it in a fresh one).
+
+    Training is timed for the fp32 NCHW reference path and for ``precision`` (``auto``: the
+    fast path where the CPU has it) side by side, alternating chunks of steps, twice: on
+    batches prepared in memory (compute only) and end to end through the engine's dataset
+    (decoding, resizing, flips and collation included, as ``sodlab train`` runs).
+    """
     from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
+    from sodlab.engine.train import TrainConfig, build_optimizer, train_step
 
     root = Path(data_root)
     threads = torch.get_num_threads()
-    cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_detector(cfg)
+    fast = resolve_precision(precision)
+    ds = _train_dataset(root, 0, seed)
+    cfg = make_config(preset, num_classes=ds.num_classes)
+    ds = _train_dataset(root, cfg.input_size, seed)
+    models = {}
+    for prec in dict.fromkeys(["fp32", fast]):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models[prec] = prepare_model(build_detector(cfg), prec)
+    model = models["fp32"]
     n_params = sum(p.numel() for p in model.parameters())
     rss0 = _maxrss_mb()
     model.eval()
     vga = torch.rand(1, 3, 480, 640, generator=torch.Generator().manual_seed(seed))
     lat = {t: vga_latency_ms(model, vga, threads=t, repeats=repeats) for t in (1, 2)}
     rss_infer = _maxrss_mb()
-    batches = _train_batches(root, cfg.input_size, batch_size, warmup + steps, seed)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    t0 = 0.0
-    for k, (images, targets) in enumerate(batches):
-        if k == warmup:
+    batches = _train_batches(ds, batch_size, warmup + steps, seed)
+    macs_img = count_flops(model, (batches[0][0][:1], batches[0][1][:1]), train=False) / 2
+    train_flops_img = count_flops(model, batches[0], train=True) / batch_size
+    opts = {p: build_optimizer(m, TrainConfig(lr=1e-4)) for p, m in models.items()}
+    for m in models.values():
+        m.train()
+    compute = {p: 0.0 for p in models}
+    e2e = {p: 0.0 for p in models}
+    chunk = max(1, steps // 2)
+    for b in batches[:warmup]:  # warm-up: first calls of every shape
+        for p in models:
+            train_step(models[p], b, opts[p], precision=p)
+    for c0 in range(warmup, warmup + steps, chunk):
+        for p in models:  # compute only: the same in-memory batches for both paths
             t0 = time.perf_counter()
-        loss = model(images, targets)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    train_s = time.perf_counter() - t0
+            for b in batches[c0:c0 + chunk]:
+                train_step(models[p], b, opts[p], precision=p)
+            compute[p] += time.perf_counter() - t0
+        for p in models:  # end to end: load and collate as the engine does, then step
+            t0 = time.perf_counter()
+            for b in _train_batches(ds, batch_size, min(chunk, warmup + steps - c0), seed,
+                                    start=c0):
+                train_step(models[p], b, opts[p], precision=p)
+            e2e[p] += time.perf_counter() - t0
     rss_train = _maxrss_mb()
+    ips = {p: steps * batch_size / compute[p] for p in models}
+    ips_e2e = {p: steps * batch_size / e2e[p] for p in models}
     return {"preset": preset, "input_size": cfg.input_size, "params": n_params,
             "threads": threads, "batch_size": batch_size, "steps_timed": steps,
-            "train_images_per_s": steps * batch_size / train_s,
+            "fast_precision": fast,
+            "train_images_per_s": ips[fast], "train_images_per_s_fp32": ips["fp32"],
+            "train_images_per_s_e2e": ips_e2e[fast],
+            "train_images_per_s_e2e_fp32": ips_e2e["fp32"],
+            "fast_vs_fp32": ips[fast] / ips["fp32"],
+            "fast_vs_fp32_e2e": ips_e2e[fast] / ips_e2e["fp32"],
+            "data_share_e2e": 1.0 - ips_e2e[fast] / ips[fast],
+            "macs_per_image": macs_img, "train_flops_per_image": train_flops_img,
+            "train_gflops_per_s": train_flops_img * ips[fast] / 1e9,
+            "train_gflops_per_s_fp32": train_flops_img * ips["fp32"] / 1e9,
             "vga_ms_1t": lat[1], "vga_ms_2t": lat[2],
             "peak_rss_model_mb": rss0, "peak_rss_infer_mb": rss_infer,
             "peak_rss_train_mb": rss_train, "infer_delta_mb": rss_infer - rss0,
@@ -272,7 +340,12 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
         per_preset[name] = _measure_in_subprocess(name, root, seed=seed, **kw)
     out = {"data_root": str(root), "presets": per_preset,
            "notes": {"train_images_per_s": "batch 8 at the preset's input size, in-memory "
-                     "batches, after warm-up, torch's default threads",
+                     "batches, after warm-up, torch's default threads, the fast precision "
+                     "(fast_precision); *_fp32: the fp32 NCHW path; *_e2e: data loading "
+                     "included; fast and fp32 alternate in chunks of steps in one process",
+                     "macs_per_image": "multiply-adds of one eval forward at the input size "
+                     "(torch.utils.flop_counter / 2)",
+                     "train_gflops_per_s": "forward + backward FLOPs per image x images/s",
                      "vga_ms": "median eval forward + post-processing of one 640x480 image",
                      "peak_rss": "resource.getrusage maxrss of a fresh process per preset"}}
     if compare:

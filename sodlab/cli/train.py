@@ -39,7 +39,15 @@ def register(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="wall-clock budget (stops at whichever budget comes first)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto (default): bf16 autocast + channels-last where the CPU has "
+                   "AVX-512-BF16/AMX (or a CUDA GPU supports it), else fp32; fp32: the "
+                   "reference path everywhere")
+    p.add_argument("--recipe", default=None, metavar="JSON",
+                   help="training recipe as JSON, e.g. '{\"oversample\": 3}' or "
+                   "'{\"snip\": {\"scales\": [2, 1, 0.5], \"ranges\": [[0, 40], [20, 80], "
+                   "[60, null]]}}' (keys: oversample, copy_paste, snip, sniper, flip)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -53,14 +61,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from sodlab.detector import PRESETS
     from sodlab.engine import TrainingDiverged, summary_line, train
     from sodlab.errors import InputError
 
-    try:
-        from sodlab.detector import PRESETS
-    except ImportError:
-        PRESETS = None
-    if PRESETS is not None and args.preset not in PRESETS:
+    if args.preset not in PRESETS:
         raise InputError(f"--preset {args.preset}: unknown preset; choose from "
                          f"{', '.join(sorted(PRESETS))}")
     if args.data is None:
@@ -68,13 +73,24 @@ def run(args) -> int:
 
         args.data = ensure_dataset("quick", 0, progress=not args.no_progress)
     rank = int(os.environ.get("RANK", "0"))
+    recipe = None
+    if args.recipe:
+        import json
+
+        try:
+            recipe = json.loads(args.recipe)
+        except ValueError as exc:
+            raise InputError(f"--recipe {args.recipe!r}: not JSON ({exc})") from None
+        if not isinstance(recipe, dict):
+            raise InputError(f"--recipe {args.recipe!r}: expected a JSON object")
     try:
         summary = train(args.preset, args.data, args.out, max_steps=args.max_steps,
                         epochs=args.epochs, max_seconds=args.max_seconds,
                         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                         seed=args.seed, device=args.device, resume=args.resume,
                         progress=not args.no_progress, overrides=args.overrides,
-                        val_every=args.val_every, num_workers=args.workers)
+                        val_every=args.val_every, num_workers=args.workers,
+                        precision=args.precision, recipe=recipe)
     except TrainingDiverged as exc:
         print(f"sodlab: training diverged: {exc}", file=sys.stderr)
         return 3

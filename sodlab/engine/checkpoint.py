@@ -23,7 +23,9 @@ import torch
 from sodlab.errors import InputError
 from sodlab.files import atomic_write
 
-CHECKPOINT_FORMAT = 1
+# 2: the config states the paper's anchor sizes (scaled by ``anchor_scale`` when built) and
+# has no ``lr`` (training arguments live in ``train``). 1: sizes were stored already scaled.
+CHECKPOINT_FORMAT = 2
 
 
 def rng_state() -> dict:
@@ -75,13 +77,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def build_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the detector of a checkpoint dict and load its weights (eval mode)."""
-    from sodlab.detector import DetectorConfig, build_detector
+def build_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", *,
+                          build_model=None) -> torch.nn.Module:
+    """Rebuild the detector of a checkpoint dict and load its weights (eval mode).
 
-    cfg = DetectorConfig(**ckpt["config"])
+    ``build_model(config)``: how to rebuild a model ``build_detector`` does not make.
+    """
+    from sodlab.detector import build_detector, config_from_dict
+
+    cfg = config_from_dict(upgrade_config(ckpt))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_detector(cfg)
+        model = (build_model or build_detector)(cfg)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def upgrade_config(ckpt: dict) -> dict:
+    """The detector config of a checkpoint in the current format (format 1 is converted)."""
+    cfg = dict(ckpt["config"])
+    if ckpt.get("format", 1) < 2:
+        cfg.pop("lr", None)
+        scale = float(cfg.get("anchor_scale", 1.0)) or 1.0
+        cfg["anchor_sizes"] = [[float(v) / scale for v in sz] for sz in cfg["anchor_sizes"]]
+    return cfg

@@ -12,6 +12,7 @@ Dimension legend: B images in a batch, N detections, Hp x Wp padded input size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sodlab.boxes import xyxy_to_xywh
+from sodlab.data.coco import load_coco, to_coco_results
 from sodlab.data.dataset import DetectionDataset, collate, read_image
 from sodlab.data.transforms import ResizeLongest
 from sodlab.errors import InputError
@@ -45,15 +46,38 @@ def to_original(boxes: torch.Tensor, size: tuple[int, int],
     return out
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run ``model`` in eval mode inside the block and restore its previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
-                 input_size: int) -> list[dict]:
-    """Detections for a list of original images ``[3, H, W]`` in their own pixels (labels contiguous)."""
-    resize = ResizeLongest(input_size)
-    batch = [resize(img, {}) for img in images]
+                 input_size: int | None) -> list[dict]:
+    """THE inference path: detections for original images ``[3, H, W]``, in their own pixels.
+
+    ``input_size``: resize each image so its longer side is this many pixels (as in
+    training), or ``None`` to run on the tensors as given. Either way the batch is
+    zero-padded at right/bottom to a multiple of 32, the model runs in eval mode (its
+    previous mode is restored after), boxes are mapped back to each original image's pixels
+    (exact per-axis ratios) and clipped to it. Labels stay contiguous (``to_coco_results``
+    or ``Predictor`` map them to category ids). Everything else — the CLI, evaluation, the
+    image pyramid, SNIP multi-scale testing, sliced inference — calls this.
+    """
+    if input_size is None:
+        batch = [(img, {}) for img in images]
+    else:
+        resize = ResizeLongest(int(input_size))
+        batch = [resize(img, {}) for img in images]
     x, targets = collate(batch)  # [B, 3, Hp, Wp]
-    model.eval()
-    outs = model(x.to(_device_of(model)))
+    with eval_mode(model):
+        outs = model(x.to(_device_of(model)))
     results = []
     for img, tgt, out in zip(images, targets, outs):
         boxes = to_original(out["boxes"].float().cpu(), tgt["size"], tuple(img.shape[-2:]))
@@ -63,20 +87,13 @@ def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
 
 
 def as_given_predict_fn(model: torch.nn.Module):
-    """``fn(image [3, h, w]) -> {"boxes", "scores", "labels"}`` on the tensor as given.
+    """``fn(image [3, h, w]) -> {"boxes", "scores", "labels"}``: ``detect_batch`` with no resize.
 
-    No resize: the image is zero-padded at right/bottom to a multiple of 32, the model runs in
-    ``eval()`` mode and boxes come back in the image's own pixels, clipped to it. The
-    ``predict_fn`` that ``sodlab.snip.multiscale_predict`` and ``sodlab.slicing`` expect.
+    The ``predict_fn`` that ``sodlab.snip.multiscale_predict`` and ``sodlab.slicing`` expect
+    (they rescale or tile the image themselves).
     """
-    @torch.inference_mode()
     def fn(img: torch.Tensor) -> dict:
-        _, h, w = img.shape
-        x = torch.nn.functional.pad(img, (0, -w % 32, 0, -h % 32))[None]  # [1, 3, Hp, Wp]
-        out = model.eval()(x)[0]
-        out["boxes"][:, 0::2] = out["boxes"][:, 0::2].clamp(0, w)
-        out["boxes"][:, 1::2] = out["boxes"][:, 1::2].clamp(0, h)
-        return out
+        return detect_batch(model, [img], input_size=None)[0]
     return fn
 
 
@@ -122,14 +139,8 @@ def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input
                 detect_batch(model, images, input_size=input_size))
         seconds += time.perf_counter() - t0
         n_done += len(chunk)
-        for i, out in zip(chunk, outs):
-            image_id = int(ds.images[i]["id"])
-            keep = out["scores"] >= score_thresh
-            xywh = xyxy_to_xywh(out["boxes"][keep])  # [N, 4]
-            for box, score, label in zip(xywh.tolist(), out["scores"][keep].tolist(),
-                                         out["labels"][keep].tolist()):
-                dets.append({"image_id": image_id, "category_id": int(ids[label]),
-                             "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+        dets += to_coco_results([int(ds.images[i]["id"]) for i in chunk], outs, cat_ids=ids,
+                                score_thresh=score_thresh)
     if timing is not None:
         timing.update(images=n_done, seconds=seconds)
     return dets
@@ -148,8 +159,6 @@ def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, inpu
     timing: dict = {}
     dets = predict_split(model, split_dir, input_size=input_size, batch_size=batch_size,
                          progress=progress, cat_ids=cat_ids, timing=timing, pyramid=pyramid)
-    from sodlab.data.coco import load_coco
-
     metrics = dict(evaluate(load_coco(split_dir), dets))
     metrics["images_per_s"] = timing["images"] / max(timing["seconds"], 1e-9)
     metrics["num_detections"] = len(dets)
@@ -211,7 +220,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, *, input_size: int, cat_ids: Sequence[int],
                  categories: Sequence[dict] = (), config: dict | None = None) -> None:
-        self.model = model.eval()
+        self.model = model
         self.input_size = int(input_size)
         self.cat_ids = [int(c) for c in cat_ids]
         self.categories = list(categories)
@@ -229,14 +238,19 @@ class Predictor:
     __call__ = predict
 
 
-def load_detector(checkpoint: str | os.PathLike, device: str = "cpu") -> Predictor:
-    """A ``Predictor`` from a checkpoint file (or a run folder holding best.pt / last.pt)."""
+def load_detector(checkpoint: str | os.PathLike, device: str = "cpu", *,
+                  build_model=None) -> Predictor:
+    """A ``Predictor`` from a checkpoint file (or a run folder holding best.pt / last.pt).
+
+    ``build_model(config)`` rebuilds a model that ``sodlab.detector.build_detector`` does not
+    (the run was trained with one); its weights are then loaded from the checkpoint.
+    """
     from sodlab.engine.checkpoint import build_from_checkpoint, load_checkpoint
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = load_checkpoint(checkpoint)
-    model = build_from_checkpoint(ckpt, device)
+    model = build_from_checkpoint(ckpt, device, build_model=build_model)
     return Predictor(model, input_size=ckpt["config"]["input_size"], cat_ids=ckpt["cat_ids"],
                      categories=ckpt.get("categories", ()), config=ckpt["config"])
 

@@ -17,7 +17,6 @@ Taught in notebooks 02_augmentation and 05_snip_sniper.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -28,10 +27,18 @@ def _ranges(spec: dict) -> tuple[tuple[float, float], ...]:
     return tuple((float(lo), math.inf if hi is None else float(hi)) for lo, hi in spec["ranges"])
 
 
-def train_kwargs(recipe: dict | None, *, input_size: int, train_split: str | Path) -> dict:
-    """``sodlab.engine.train`` keyword arguments (augment, transforms, oversample, with_masks)."""
+def build_transforms(recipe: dict | None, *, input_size: int,
+                     train_split: str | Path) -> dict:
+    """The whole training transform chain of a recipe, built in one place.
+
+    Returns ``{"transforms": [...], "oversample": repeats or None, "with_masks": bool}``:
+    ``ResizeLongest(input_size)`` then flips and copy-paste, or SNIP/SNIPER's own rescaling
+    transform first (they resize themselves); ``oversample`` is a repeat count per training
+    image (``sodlab.augment.oversample_repeats``); ``with_masks``: copy-paste needs masks.
+    """
     from sodlab.augment import CopyPaste, contains_small, oversample_repeats
-    from sodlab.data.transforms import RandomHFlip
+    from sodlab.data.coco import load_coco
+    from sodlab.data.transforms import RandomHFlip, ResizeLongest
     from sodlab.errors import InputError
     from sodlab.snip import SniperChip, SnipScale
 
@@ -41,22 +48,22 @@ def train_kwargs(recipe: dict | None, *, input_size: int, train_split: str | Pat
         raise InputError(f"unknown recipe keys {sorted(unknown)}; valid: {list(RECIPE_KEYS)}")
     if recipe.get("snip") and recipe.get("sniper"):
         raise InputError("a recipe takes 'snip' or 'sniper', not both")
-    flip = [RandomHFlip()] if recipe.get("flip", True) else []
-    out: dict = {"augment": list(flip)}
+    chain: list = [RandomHFlip()] if recipe.get("flip", True) else []
+    with_masks = False
     if recipe.get("copy_paste") is not None:
         kw = dict(recipe["copy_paste"])
-        out["augment"].append(CopyPaste(p=float(kw.pop("p", 0.5)), **kw))
-        out["with_masks"] = True
+        chain.append(CopyPaste(p=float(kw.pop("p", 0.5)), **kw))
+        with_masks = True
+    first = ResizeLongest(input_size)
     for key, cls in (("snip", SnipScale), ("sniper", SniperChip)):
         if recipe.get(key):
             spec = dict(recipe[key])
             extra = {k: v for k, v in spec.items() if k not in ("scales", "ranges")}
             first = cls(tuple(spec["scales"]), _ranges(spec), input_size=input_size, **extra)
-            out["transforms"] = [first, *out.pop("augment")]
+    oversample = None
     k = int(recipe.get("oversample", 1))
     if k > 1:
-        coco = json.loads((Path(train_split) / "annotations.json").read_text())
         area = float(recipe.get("oversample_area", 32.0**2))
-        out["oversample"] = oversample_repeats(
-            coco, k=k, predicate=lambda anns: contains_small(anns, area))
-    return out
+        oversample = oversample_repeats(load_coco(train_split), k=k,
+                                        predicate=lambda anns: contains_small(anns, area))
+    return {"transforms": [first, *chain], "oversample": oversample, "with_masks": with_masks}

@@ -1,21 +1,33 @@
-"""Train a detector on a dataset root: seeded data order, warm-up + cosine, resumable, DDP-ready.
+"""Train a detector on a dataset root: one training step, one epoch loop, resumable, DDP-ready.
 
-Layer L4. ``train(cfg, data_root, out_dir, ...)`` builds the detector of a
-``DetectorConfig`` (or a preset name), reads ``root/train`` through ``DetectionDataset``
-with ``ResizeLongest(cfg.input_size)`` and random flips, and optimises with AdamW (or SGD)
-under a linear warm-up then cosine learning rate. The budget is ``max_steps``, ``epochs``
-or ``max_seconds`` (wall clock: only for comparisons with other tools); "images seen" =
-steps x global batch is recorded beside the seconds. Writes ``config.json``, ``log.jsonl``
-(one line per epoch and one at the end, with validation metrics by size), ``last.pt`` and
-``best.pt`` (best validation AP_small, else AP), all atomically. Taught in notebook 03_fpn.
+Layer L4. The pieces are plain functions that ``train`` composes, and that the benchmarks
+call directly so nothing is copied:
 
-Reproducibility. The data order of epoch e is a permutation drawn from a
-``torch.Generator`` seeded by (seed, e); augmentation of item i comes from (seed, e, i)
-(``DetectionDataset.set_epoch``); the model is built and trained inside
-``torch.random.fork_rng`` seeded by ``seed``, so the caller's global RNG is untouched. A
-checkpoint stores the step within the epoch; ``resume=True`` skips the batches already
-seen, so an interrupted and resumed run ends with the same weights as an uninterrupted one
-(same device, same thread count).
+- ``TrainConfig``: every training argument (budget, batch, learning rate, optimizer,
+  schedule, recipe, workers, precision, seed, validation and save cadence), validated once,
+  JSON-serialisable (``to_dict``).
+- ``build_dataset(root / "train", tcfg, input_size=...)``: ``DetectionDataset`` with the
+  recipe's transform chain (``sodlab.engine.recipes.build_transforms``), oversampled when
+  the recipe says so.
+- ``build_optimizer(model, tcfg)``: AdamW (or SGD with momentum 0.9) over trainable parameters.
+- ``train_step(model, batch, optimizer, ...)``: one optimizer step (device transfer, memory
+  format, autocast, finite-loss check, backward, clipping); returns the losses as floats.
+- ``train_one_epoch(run, ...)``: the batches of one epoch with the learning-rate schedule
+  (linear warm-up then cosine, ``lr_factor``) and budget checks.
+- ``train(cfg, data_root, out_dir, tcfg, ...)``: builds the detector of a ``DetectorConfig``
+  (or a preset name), trains, validates, and writes ``config.json``, ``log.jsonl`` (one line
+  per epoch and one at the end, with validation metrics by size), ``last.pt`` and
+  ``best.pt`` (best validation AP_small, else AP), all atomically. Taught in notebook 03_fpn.
+
+The budget is ``max_steps``, ``epochs`` or ``max_seconds`` (wall clock: only for comparisons
+with other tools); "images seen" = steps x global batch is recorded beside the seconds.
+
+Reproducibility. The data order of epoch e is a permutation drawn from a generator seeded
+by (seed, e); augmentation of item i comes from (seed, e, i) (``DetectionDataset.set_epoch``);
+the model is built and trained inside ``torch.random.fork_rng`` seeded by ``seed``, so the
+caller's global RNG is untouched. A checkpoint stores the step within the epoch;
+``resume=True`` skips the batches already seen, so an interrupted and resumed run ends
+with the same weights as an uninterrupted one (same device, thread count and precision).
 
 Scale-out. Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE`` > 1) the model is wrapped
 in DistributedDataParallel (gloo on CPU, nccl on GPU). Every rank draws the same global
@@ -32,11 +44,13 @@ Dimension legend: B images per rank and step, K processes, Hp x Wp padded input 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +60,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sodlab.data.dataset import DetectionDataset, collate
-from sodlab.data.transforms import Compose, RandomHFlip, ResizeLongest
+from sodlab.data.transforms import Compose
 from sodlab.engine.checkpoint import (
     config_dict,
     load_checkpoint,
@@ -54,12 +68,88 @@ from sodlab.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from sodlab.engine.precision import (
+    PRECISIONS,
+    autocast,
+    prepare_images,
+    prepare_model,
+    resolve_precision,
+)
 from sodlab.errors import InputError
 from sodlab.files import write_json
+
+# Bump when a change alters what training computes (losses, matching, data order, schedule,
+# initialisation, precision handling): the run cache keys on it, not on the source text.
+NUMERICS_VERSION = 2
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to try."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training argument; ``to_dict()`` is what config.json and the run cache record."""
+
+    max_steps: int | None = None
+    epochs: int | None = None
+    max_seconds: float | None = None
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    warmup_steps: int | None = None
+    grad_clip: float | None = 10.0
+    recipe: dict | None = None
+    num_workers: int = 0
+    precision: str = "auto"
+    seed: int = 0
+    val_every: int = 1
+    save_every: int = 100
+    extra: dict = field(default_factory=dict)  # recorded, not interpreted (e.g. a base model)
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.epochs is not None:
+            raise InputError("give one budget: --max-steps or --epochs (optionally --max-seconds)")
+        if self.max_steps is None and self.epochs is None and self.max_seconds is None:
+            self.epochs = 1
+        for name in ("max_steps", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or int(v) < 1):
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-seconds must be > 0, got {self.max_seconds}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise InputError(f"optimizer {self.optimizer!r}: expected adamw or sgd")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision}: expected {', '.join(PRECISIONS)}")
+        if self.num_workers < 0 or self.val_every < 0 or self.save_every < 0:
+            raise InputError("num_workers, val_every and save_every must be >= 0")
+        if self.recipe is not None:
+            json.dumps(self.recipe)  # a recipe is part of the cache key: plain JSON only
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def total_steps(self, steps_per_epoch: int) -> int | None:
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        return int(self.epochs) * steps_per_epoch if self.epochs is not None else None
+
+
+def train_config(tcfg: TrainConfig | dict | None = None, **fields: Any) -> TrainConfig:
+    """A ``TrainConfig`` from one, a dict of its fields, or keyword fields (not both)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(fields) - names
+    if unknown:
+        raise InputError(f"unknown training arguments {sorted(unknown)}; valid: {sorted(names)}")
+    if tcfg is not None and fields:
+        raise InputError("pass a TrainConfig or its fields as keywords, not both")
+    if isinstance(tcfg, TrainConfig):
+        return tcfg
+    return TrainConfig(**{**(tcfg or {}), **{k: v for k, v in fields.items() if v is not None}})
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -104,12 +194,166 @@ def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05,
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size: int,
+                  context_keys: Sequence[str] = ()) -> torch.utils.data.Dataset:
+    """The training dataset of a split with the recipe's transform chain (and oversampling)."""
+    from sodlab.engine.recipes import build_transforms
+
+    split_dir = Path(split_dir)
+    spec = build_transforms(tcfg.recipe, input_size=input_size, train_split=split_dir)
+    keys = tuple(dict.fromkeys([*context_keys, *(("head_bbox", "body_bbox")
+                                                  if spec["with_masks"] else ())]))
+    ds = DetectionDataset(split_dir, seed=tcfg.seed, with_masks=spec["with_masks"],
+                          context_keys=keys, transforms=Compose(spec["transforms"]))
+    if spec["oversample"] is not None:
+        from sodlab.augment import RepeatedDataset
+
+        ds = RepeatedDataset(ds, spec["oversample"])
+    if len(ds) == 0:
+        raise InputError(f"{split_dir / 'annotations.json'}: the training split has no images")
+    return ds
+
+
+def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD, momentum 0.9) over the model's trainable parameters at ``tcfg.lr``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("the model has no trainable parameters")
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tcfg.lr, momentum=0.9, weight_decay=tcfg.weight_decay)
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+
 def _to_device(target: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+def train_step(model: torch.nn.Module, batch: tuple[torch.Tensor, list[dict]],
+               optimizer: torch.optim.Optimizer, *, precision: str = "fp32",
+               grad_clip: float | None = 10.0, lr: float | None = None,
+               device: torch.device | str | None = None, step: int = 0) -> dict[str, float]:
+    """One optimizer step on ``batch = (images [B, 3, Hp, Wp], targets)``; the losses as floats.
+
+    ``precision``: a resolved precision (``"bf16"`` or ``"fp32"``, see
+    ``sodlab.engine.precision``). ``lr``: set on every parameter group first. The model must
+    return a dict with a scalar ``"loss"`` in training mode. A non-finite loss raises
+    ``TrainingDiverged`` before any weight changes (under DDP, on every rank alike).
+    """
+    images, targets = batch
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    images = prepare_images(images.to(dev), precision)  # [B, 3, Hp, Wp]
+    targets = [_to_device(t, dev) for t in targets]
+    if lr is not None:
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+    with autocast(precision, dev):
+        losses = model(images, targets)
+    loss = losses["loss"]
+    ok = torch.isfinite(loss.detach()).float().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if ok.item() < 1:
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at step {step + 1}; lower the learning rate (now "
+            f"{optimizer.param_groups[0]['lr']:g}) or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                       grad_clip)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1}
+
+
+@dataclass
+class RunState:
+    """What a checkpoint stores of a run's progress (besides weights and optimizer)."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    images_seen: int = 0
+    seconds: float = 0.0
+    best_score: float | None = None
+    metrics: dict | None = None
+    best_metrics: dict | None = None
+
+
+@dataclass
+class Run:
+    """One training run: model, optimizer, data, schedule, where it writes, and its state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dataset: Any
+    tcfg: TrainConfig
+    precision: str
+    device: torch.device
+    out_dir: Path
+    cfg_dict: dict
+    meta: dict
+    sched: dict
+    provenance: dict
+    val_dir: Path | None
+    input_size: int
+    world: int = 1
+    rank: int = 0
+    state: RunState = field(default_factory=RunState)
+    saved_step: int = 0
+    val_step: int = 0
+    t_start: float = 0.0
+    seconds_before: float = 0.0
+    seen_now: int = 0
+    last_loss: float | None = None
+
+    @property
+    def bare(self) -> torch.nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    @property
+    def total(self) -> int | None:
+        return self.sched["total"]
+
+    def lr_now(self) -> float:
+        s, sch = self.state, self.sched
+        if sch["total"]:
+            f = lr_factor(s.step, warmup=sch["warmup"],
+                          progress=(s.step - sch["warmup"]) / max(1, sch["total"] - sch["warmup"]))
+        else:
+            f = lr_factor(s.step, warmup=sch["warmup"], warmup_frac=0.05,
+                          progress=s.seconds / self.tcfg.max_seconds)
+        return self.tcfg.lr * f
+
+    def budget_done(self) -> bool:
+        t, s = self.tcfg, self.state
+        if (t.max_steps is not None and s.step >= t.max_steps) or (
+                t.epochs is not None and s.epoch >= t.epochs):
+            return True
+        flag = t.max_seconds is not None and s.seconds >= t.max_seconds
+        if self.world > 1 and t.max_seconds is not None:
+            x = torch.tensor([float(flag)], device=self.device)
+            dist.broadcast(x, 0)
+            flag = bool(x.item())
+        return flag
+
+    def save(self, path: Path) -> None:
+        self.saved_step = self.state.step
+        if self.rank != 0:
+            return
+        ds = self.dataset
+        save_checkpoint(path, config=self.cfg_dict, model=self.bare.state_dict(),
+                        optimizer=self.optimizer.state_dict(), scheduler=self.sched,
+                        rng=rng_state(), categories=ds.categories, cat_ids=ds.cat_ids,
+                        train=self.meta, provenance=self.prov(), **dataclasses.asdict(self.state))
+
+    def prov(self) -> dict:
+        return {**self.provenance, "seconds": round(self.state.seconds, 3)}
+
+    def log(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.out_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
 
 def _score(metrics: dict | None) -> float | None:
@@ -119,38 +363,106 @@ def _score(metrics: dict | None) -> float | None:
     return float(s) if s is not None and s >= 0 else float(metrics.get("AP", -1.0))
 
 
+def validate(run: Run) -> dict | None:
+    """Metrics by size on ``val`` (rank 0), kept as the run's best when AP_small improves."""
+    metrics = None
+    if run.rank == 0 and run.val_dir is not None:
+        from sodlab.engine.predict import evaluate_model
+
+        metrics = evaluate_model(run.bare, run.val_dir, input_size=run.input_size,
+                                 batch_size=run.tcfg.batch_size, cat_ids=run.dataset.cat_ids)
+        run.state.metrics = metrics
+        run.val_step = run.state.step
+        score = _score(metrics)
+        if run.state.best_score is None or score > run.state.best_score:
+            run.state.best_score, run.state.best_metrics = score, metrics
+            run.save(run.out_dir / "best.pt")
+    if run.world > 1:
+        dist.barrier()
+    return metrics
+
+
+def _epoch_loader(run: Run) -> tuple[torch.utils.data.DataLoader, int]:
+    s, t = run.state, run.tcfg
+    batches = epoch_batches(len(run.dataset), batch_size=t.batch_size, world_size=run.world,
+                            seed=t.seed, epoch=s.epoch)
+    mine = [b[run.rank * t.batch_size:(run.rank + 1) * t.batch_size]
+            for b in batches[s.step_in_epoch:]]
+    run.dataset.set_epoch(s.epoch)
+    loader = torch.utils.data.DataLoader(run.dataset, batch_sampler=mine, collate_fn=collate,
+                                         num_workers=t.num_workers)
+    return loader, len(batches)
+
+
+def train_one_epoch(run: Run, *, bar=None, stop_at_step: int | None = None) -> str | None:
+    """The remaining batches of the current epoch; ``"stop_at_step"`` if told to stop, else None.
+
+    Ends the epoch (validation when due, a log line, ``last.pt``) when all its batches ran.
+    """
+    s, t = run.state, run.tcfg
+    loader, n_batches = _epoch_loader(run)
+    losses: list[float] = []
+    stopped = None
+    for batch in loader:
+        out = train_step(run.model, batch, run.optimizer, precision=run.precision,
+                         grad_clip=t.grad_clip, lr=run.lr_now(), device=run.device, step=s.step)
+        losses.append(out["loss"])
+        run.last_loss = out["loss"]
+        s.step += 1
+        s.step_in_epoch += 1
+        s.images_seen += t.batch_size * run.world
+        run.seen_now += t.batch_size * run.world
+        s.seconds = run.seconds_before + time.perf_counter() - run.t_start
+        if bar is not None:
+            rate = run.seen_now / max(s.seconds - run.seconds_before, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", img_s=f"{rate:.1f}")
+        if stop_at_step is not None and s.step >= stop_at_step:
+            stopped = "stop_at_step"
+            break
+        if (t.max_steps is not None and s.step >= t.max_steps) or (
+                t.max_seconds is not None and run.budget_done()):
+            break
+        if t.save_every and s.step % t.save_every == 0:
+            run.save(run.out_dir / "last.pt")
+    if s.step_in_epoch >= n_batches:
+        _end_epoch(run, losses, n_batches)
+    return stopped
+
+
+def _end_epoch(run: Run, losses: list[float], steps_per_epoch: int) -> None:
+    s, t = run.state, run.tcfg
+    s.epoch += 1
+    s.step_in_epoch = 0
+    # Validation is skipped when fewer than a tenth of the run's steps passed since the last
+    # one, so a small dataset (many short epochs) is not validated hundreds of times.
+    gap = max(1, run.total // 10) if run.total else steps_per_epoch
+    metrics = None
+    if (run.val_dir is not None and t.val_every and s.epoch % t.val_every == 0
+            and s.step - run.val_step >= gap and not run.budget_done()):
+        metrics = validate(run)
+    run.log({"event": "epoch", "epoch": s.epoch, "step": s.step, "images_seen": s.images_seen,
+             "seconds": round(s.seconds, 3),
+             "loss": float(np.mean(losses)) if losses else None,
+             "lr": run.optimizer.param_groups[0]["lr"], "val": metrics})
+    if metrics is not None or s.step - run.saved_step >= min(
+            t.save_every or steps_per_epoch, steps_per_epoch * 10):
+        run.save(run.out_dir / "last.pt")
+
+
 def _build_config(cfg: Any, num_classes: int, overrides: Sequence[str] | dict) -> Any:
     if isinstance(cfg, str):
         from sodlab.detector import make_config
 
         return make_config(cfg, num_classes=num_classes, overrides=overrides)
     if overrides:
-        from sodlab.detector import make_config
+        from sodlab.detector import config_with_overrides
 
-        base = config_dict(cfg)
-        return make_config(base["preset"], num_classes=num_classes,
-                           overrides={**{k: v for k, v in base.items()
-                                         if k not in ("preset", "num_classes")},
-                                      **_override_dict(overrides)})
+        cfg = config_with_overrides(cfg, overrides)
     if getattr(cfg, "num_classes", num_classes) != num_classes:
         raise InputError(f"config has num_classes={cfg.num_classes} but the data has "
                          f"{num_classes} categories")
     return cfg
-
-
-def _override_dict(overrides: Sequence[str] | dict) -> dict:
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    out = {}
-    for item in overrides:
-        if "=" not in item:
-            raise InputError(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
 
 
 def _default_build(cfg: Any) -> torch.nn.Module:
@@ -159,35 +471,129 @@ def _default_build(cfg: Any) -> torch.nn.Module:
     return build_detector(cfg)
 
 
-def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
-          max_steps: int | None = None, epochs: int | None = None,
-          max_seconds: float | None = None, batch_size: int = 8, lr: float | None = None,
-          weight_decay: float = 1e-4, optimizer: str = "adamw", warmup_steps: int | None = None,
-          grad_clip: float | None = 10.0, seed: int = 0, device: str = "auto",
-          resume: bool = False, progress: bool = True, augment: Sequence[Callable] | None = None,
-          transforms: Sequence[Callable] | None = None, oversample: Sequence[int] | None = None,
-          with_masks: bool = False,
-          overrides: Sequence[str] | dict = (), val_every: int = 1, save_every: int = 100,
-          num_workers: int = 0, stop_at_step: int | None = None,
-          build_model: Callable[[Any], torch.nn.Module] | None = None) -> dict:
+def _data_hash(root: Path) -> str | None:
+    from sodlab.data.coco import dataset_hash
+
+    try:
+        return dataset_hash(root)
+    except InputError:
+        return None
+
+
+def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: torch.device,
+              world: int, rank: int, overrides, build_model, resume: bool) -> Run:
+    """Dataset, model, optimizer, schedule and state of a run (resumed from ``last.pt``)."""
+    from sodlab.provenance import provenance
+
+    probe = DetectionDataset(root / "train")
+    cfg = _build_config(cfg, probe.num_classes, overrides)
+    ds = build_dataset(root / "train", tcfg, input_size=cfg.input_size,
+                       context_keys=tuple(getattr(cfg, "context_keys", ()) or ()))
+    precision = resolve_precision(tcfg.precision, dev)
+    torch.manual_seed(tcfg.seed)
+    model = prepare_model(build_model(cfg).to(dev), precision)
+    opt = build_optimizer(model, tcfg)
+    spe = len(epoch_batches(len(ds), batch_size=tcfg.batch_size, world_size=world,
+                            seed=tcfg.seed, epoch=0))
+    total = tcfg.total_steps(spe)
+    warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else (
+        max(1, min(50, total // 10)) if total else 20)
+    sched = {"kind": "warmup_cosine", "warmup": warmup, "total": total,
+             "max_seconds": tcfg.max_seconds, "base_lr": tcfg.lr}
+    cfg_dict, data_hash = config_dict(cfg), _data_hash(root)
+    meta = {**tcfg.to_dict(), "precision": precision, "world_size": world,
+            "global_batch": tcfg.batch_size * world, "schedule": sched, "device": str(dev),
+            "threads": torch.get_num_threads(), "data_root": str(root), "data_hash": data_hash,
+            "transforms": [repr(t) for t in getattr(ds, "transforms", None).transforms]
+            if hasattr(getattr(ds, "transforms", None), "transforms") else None,
+            "steps_per_epoch": spe, "numerics_version": NUMERICS_VERSION}
+    val_dir = root / "val"
+    run = Run(model=model, optimizer=opt, dataset=ds, tcfg=tcfg, precision=precision,
+              device=dev, out_dir=out_dir, cfg_dict=cfg_dict, meta=meta, sched=sched,
+              provenance=provenance(seed=tcfg.seed, data_hash=data_hash, device=str(dev),
+                                    world_size=world),
+              val_dir=val_dir if tcfg.val_every > 0 and (val_dir / "annotations.json").is_file()
+              else None, input_size=cfg.input_size, world=world, rank=rank)
+    last = out_dir / "last.pt"
+    if resume and last.is_file():
+        ckpt = load_checkpoint(last)
+        if ckpt["config"] != cfg_dict:
+            raise InputError(f"{last}: --resume with a different config than the checkpoint's")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        run.state = RunState(**{k: ckpt.get(k, v) for k, v in
+                                dataclasses.asdict(RunState()).items()})
+        set_rng_state(ckpt["rng"])
+    elif rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "log.jsonl").unlink(missing_ok=True)
+    run.saved_step = run.val_step = run.state.step
+    if world > 1:
+        if dev.type == "cuda":
+            run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if rank == 0:
+        write_json(out_dir / "config.json", {"config": cfg_dict, "train": meta})
+    return run
+
+
+def _summary(run: Run, stopped: str, metrics: dict | None) -> dict:
+    s = run.state
+    best = run.out_dir / ("best.pt" if stopped == "budget" else "last.pt")
+    return {"out_dir": str(run.out_dir), "stopped": stopped, "steps": s.step, "epochs": s.epoch,
+            "step_in_epoch": s.step_in_epoch, "images_seen": s.images_seen,
+            "seconds": round(s.seconds, 3),
+            "images_per_s": run.seen_now / max(s.seconds - run.seconds_before, 1e-9),
+            "final_loss": run.last_loss, "metrics": metrics,
+            "best_metrics": s.best_metrics, "best_score": s.best_score,
+            "checkpoint": str(best), "config": run.cfg_dict, "train": run.meta,
+            "precision": run.precision, "provenance": run.prov()}
+
+
+def run_training(run: Run, *, progress: bool, stop_at_step: int | None) -> dict:
+    """Epochs until the budget (or ``stop_at_step``); validate and save at the end."""
+    run.t_start, run.seconds_before = time.perf_counter(), run.state.seconds
+    run.bare.train()
+    bar = tqdm(total=run.total, initial=run.state.step, disable=not progress, desc="train",
+               unit="step")
+    stopped = None
+    try:
+        while stopped is None and not run.budget_done():
+            stopped = train_one_epoch(run, bar=bar, stop_at_step=stop_at_step)
+    except KeyboardInterrupt:
+        run.save(run.out_dir / "last.pt")
+        raise
+    finally:
+        bar.close()
+    if stopped is not None:
+        run.save(run.out_dir / "last.pt")
+        return _summary(run, stopped, run.state.metrics)
+    metrics = validate(run) if run.val_dir is not None else None
+    if run.val_dir is None or not (run.out_dir / "best.pt").is_file():
+        run.save(run.out_dir / "best.pt")
+    run.save(run.out_dir / "last.pt")
+    summary = _summary(run, "budget", metrics)
+    run.log({"event": "end", **{k: summary[k] for k in (
+        "steps", "epochs", "images_seen", "seconds", "images_per_s", "final_loss", "metrics",
+        "best_score")}, "provenance": summary["provenance"]})
+    return summary
+
+
+def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike,
+          tcfg: TrainConfig | dict | None = None, *, overrides: Sequence[str] | dict = (),
+          device: str = "auto", resume: bool = False, progress: bool = True,
+          stop_at_step: int | None = None,
+          build_model: Callable[[Any], torch.nn.Module] | None = None, **fields: Any) -> dict:
     """Train and return a summary (steps, images seen, seconds, final validation metrics).
 
-    ``augment``: transforms after ``ResizeLongest`` (default ``[RandomHFlip()]``; ``[]`` for
-    none). ``transforms``: the whole chain instead (for SNIP/SNIPER, which resize themselves).
-    ``oversample``: a repeat count per training image (``sodlab.augment.oversample_repeats``).
-    ``with_masks``: load object masks (copy-paste needs them). ``val_every``: validate every this many epochs and at the end (0: never).
-    ``save_every``: write ``last.pt`` every this many steps (and at an epoch end
-    after validation or when as many steps passed since the last save). ``stop_at_step``: stop
-    after this global step as if interrupted (``last.pt`` written; resume later).
-    ``build_model``: replaces ``sodlab.detector.build_detector`` (tests, baselines).
+    ``cfg``: a ``DetectorConfig`` or a preset name; ``overrides``: ``key=value`` strings or a
+    dict applied to it. ``tcfg``: a ``TrainConfig`` (or its fields as keywords, e.g.
+    ``max_steps=300, batch_size=8, recipe={...}``). ``stop_at_step``: stop after this global
+    step as if interrupted (``last.pt`` written; resume later). ``build_model`` replaces
+    ``sodlab.detector.build_detector`` (tests, baselines, a second stage on a trained base).
     """
-    if sum(b is not None for b in (max_steps, epochs)) > 1:
-        raise InputError("give one budget: --max-steps or --epochs (optionally --max-seconds)")
-    if max_steps is None and epochs is None and max_seconds is None:
-        epochs = 1
-    for name, v in (("max_steps", max_steps), ("epochs", epochs), ("batch_size", batch_size)):
-        if v is not None and int(v) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    tcfg = train_config(tcfg, **fields)
     root, out_dir = Path(data_root), Path(out_dir)
     if not (root / "train" / "annotations.json").is_file():
         raise InputError(f"{root}: not a dataset root (needs train/annotations.json)")
@@ -203,250 +609,13 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
     rank = dist.get_rank() if world > 1 else 0
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            return _train(cfg, root, out_dir, max_steps=max_steps, epochs=epochs,
-                          max_seconds=max_seconds, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, optimizer=optimizer,
-                          warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, dev=dev,
-                          resume=resume, progress=progress and rank == 0, augment=augment,
-                          transforms=transforms, oversample=oversample, with_masks=with_masks,
-                          overrides=overrides, val_every=val_every, save_every=save_every,
-                          num_workers=num_workers, stop_at_step=stop_at_step,
-                          build_model=build_model or _default_build, world=world, rank=rank)
+            run = setup_run(cfg, root, out_dir, tcfg, dev=dev, world=world, rank=rank,
+                            overrides=overrides, build_model=build_model or _default_build,
+                            resume=resume)
+            return run_training(run, progress=progress and rank == 0, stop_at_step=stop_at_step)
     finally:
         if owns_group:
             dist.destroy_process_group()
-
-
-def _train(cfg, root: Path, out_dir: Path, *, max_steps, epochs, max_seconds, batch_size, lr,
-           weight_decay, optimizer, warmup_steps, grad_clip, seed, dev, resume, progress,
-           augment, overrides, val_every, save_every, num_workers, stop_at_step, build_model,
-           transforms=None, oversample=None, with_masks=False,
-           world, rank) -> dict:
-    from sodlab.provenance import provenance
-
-    try:
-        from sodlab.data.coco import dataset_hash
-
-        data_hash = dataset_hash(root)
-    except (ImportError, InputError):
-        data_hash = None
-    extra = list(augment) if augment is not None else [RandomHFlip()]
-    ds = DetectionDataset(root / "train", seed=seed, with_masks=with_masks,
-                          context_keys=("head_bbox", "body_bbox") if with_masks else ())
-    cfg = _build_config(cfg, ds.num_classes, overrides)
-    if transforms is not None:
-        extra = list(transforms)
-        ds.transforms = Compose(extra)
-    else:
-        ds.transforms = Compose([ResizeLongest(cfg.input_size), *extra])
-    if oversample is not None:
-        from sodlab.augment import RepeatedDataset
-
-        ds = RepeatedDataset(ds, oversample)
-    if len(ds) == 0:
-        raise InputError(f"{ds.ann_path}: the training split has no images")
-    val_dir = root / "val"
-    do_val = val_every > 0 and (val_dir / "annotations.json").is_file()
-    torch.manual_seed(seed)
-    model = build_model(cfg).to(dev)
-    lr = float(lr if lr is not None else getattr(cfg, "lr", 1e-3))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        raise InputError(f"optimizer {optimizer!r}: expected adamw or sgd")
-    steps_per_epoch = len(epoch_batches(len(ds), batch_size=batch_size, world_size=world,
-                                        seed=seed, epoch=0))
-    total = max_steps if max_steps is not None else (
-        epochs * steps_per_epoch if epochs is not None else None)
-    warmup = warmup_steps if warmup_steps is not None else (
-        max(1, min(50, total // 10)) if total else 20)
-    sched = {"kind": "warmup_cosine", "warmup": warmup, "total": total,
-             "max_seconds": max_seconds, "base_lr": lr}
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "images_seen": 0, "seconds": 0.0,
-             "best_score": None, "metrics": None, "best_metrics": None}
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    cfg_dict = config_dict(cfg)
-    if resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        if ckpt["config"] != cfg_dict:
-            raise InputError(f"{last}: --resume with a different config than the checkpoint's")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        for k in state:
-            state[k] = ckpt.get(k, state[k])
-        set_rng_state(ckpt["rng"])
-    elif rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "log.jsonl").unlink(missing_ok=True)
-    if world > 1:
-        if dev.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    meta = {"seed": seed, "batch_size": batch_size, "world_size": world,
-            "global_batch": batch_size * world, "lr": lr, "optimizer": optimizer,
-            "weight_decay": weight_decay, "schedule": sched, "device": str(dev),
-            "threads": torch.get_num_threads(), "data_root": str(root), "data_hash": data_hash,
-            "augment": [repr(t) for t in extra],
-            "oversample": None if oversample is None else sum(oversample), "steps_per_epoch": steps_per_epoch,
-            "budget": {"max_steps": max_steps, "epochs": epochs, "max_seconds": max_seconds}}
-    if rank == 0:
-        write_json(out_dir / "config.json", {"config": cfg_dict, "train": meta})
-
-    base_prov = provenance(seed=seed, data_hash=data_hash, device=str(dev), world_size=world)
-
-    def prov() -> dict:
-        return {**base_prov, "seconds": round(state["seconds"], 3)}
-
-    def save(path: Path) -> None:
-        saved["step"] = state["step"]
-        if rank != 0:
-            return
-        save_checkpoint(path, config=cfg_dict, model=_unwrap(model).state_dict(),
-                        optimizer=opt.state_dict(), scheduler=sched, rng=rng_state(),
-                        categories=ds.categories, cat_ids=ds.cat_ids, train=meta,
-                        provenance=prov(), **state)
-
-    def log(record: dict) -> None:
-        if rank == 0:
-            with open(out_dir / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def validate() -> dict | None:
-        metrics = None
-        if rank == 0:
-            from sodlab.engine.predict import evaluate_model
-
-            metrics = evaluate_model(_unwrap(model), val_dir, input_size=cfg.input_size,
-                                     batch_size=batch_size, cat_ids=ds.cat_ids)
-            _unwrap(model).train()
-            state["metrics"] = metrics
-            saved["val_step"] = state["step"]
-            score = _score(metrics)
-            if state["best_score"] is None or score > state["best_score"]:
-                state["best_score"], state["best_metrics"] = score, metrics
-                save(best)
-        if world > 1:
-            dist.barrier()
-        return metrics
-
-    def budget_done() -> bool:
-        if max_steps is not None and state["step"] >= max_steps:
-            return True
-        if epochs is not None and state["epoch"] >= epochs:
-            return True
-        flag = max_seconds is not None and state["seconds"] >= max_seconds
-        if world > 1 and max_seconds is not None:
-            t = torch.tensor([float(flag)], device=dev)
-            dist.broadcast(t, 0)
-            flag = bool(t.item())
-        return flag
-
-    # Epoch-end validation is skipped when fewer than a tenth of the run's steps passed since
-    # the last one, so a small dataset (many short epochs) is not validated hundreds of times.
-    val_gap = max(1, total // 10) if total else steps_per_epoch
-    saved = {"step": state["step"], "val_step": state["step"]}
-    model.train()
-    t_call, seen_call = time.perf_counter(), 0
-    t_prev = state["seconds"]
-    bar = tqdm(total=total, initial=state["step"], disable=not progress, desc="train",
-               unit="step")
-    epoch_losses: list[float] = []
-    stopped, last_loss = None, None
-    try:
-        while stopped is None and not budget_done():
-            batches = epoch_batches(len(ds), batch_size=batch_size, world_size=world,
-                                    seed=seed, epoch=state["epoch"])
-            mine = [b[rank * batch_size:(rank + 1) * batch_size]
-                    for b in batches[state["step_in_epoch"]:]]
-            ds.set_epoch(state["epoch"])
-            loader = torch.utils.data.DataLoader(ds, batch_sampler=mine, collate_fn=collate,
-                                                 num_workers=num_workers)
-            for images, targets in loader:
-                images = images.to(dev)  # [B, 3, Hp, Wp]
-                targets = [_to_device(t, dev) for t in targets]
-                factor = (lr_factor(state["step"], warmup=warmup, progress=(
-                    (state["step"] - warmup) / max(1, total - warmup)))
-                          if total else lr_factor(state["step"], warmup=warmup, warmup_frac=0.05,
-                                                  progress=state["seconds"] / max_seconds))
-                for g in opt.param_groups:
-                    g["lr"] = lr * factor
-                losses = model(images, targets)
-                loss = losses["loss"]
-                ok = torch.isfinite(loss.detach()).float().reshape(1)
-                if world > 1:
-                    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-                if ok.item() < 1:
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at step {state['step'] + 1} (epoch "
-                        f"{state['epoch']}); lower the learning rate (now {lr:g}) or check the data")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                opt.step()
-                last_loss = float(loss.detach())
-                epoch_losses.append(last_loss)
-                state["step"] += 1
-                state["step_in_epoch"] += 1
-                state["images_seen"] += batch_size * world
-                seen_call += batch_size * world
-                state["seconds"] = t_prev + time.perf_counter() - t_call
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{seen_call / max(state['seconds'] - t_prev, 1e-9):.1f}")
-                if stop_at_step is not None and state["step"] >= stop_at_step:
-                    stopped = "stop_at_step"
-                    break
-                if (max_steps is not None and state["step"] >= max_steps) or (
-                        max_seconds is not None and budget_done()):
-                    break
-                if save_every and state["step"] % save_every == 0:
-                    save(last)
-            if state["step_in_epoch"] >= len(batches):
-                state["epoch"] += 1
-                state["step_in_epoch"] = 0
-                metrics = None
-                if (do_val and state["epoch"] % val_every == 0
-                        and state["step"] - saved["val_step"] >= val_gap and not budget_done()):
-                    metrics = validate()
-                log({"event": "epoch", "epoch": state["epoch"], "step": state["step"],
-                     "images_seen": state["images_seen"], "seconds": round(state["seconds"], 3),
-                     "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-                     "lr": opt.param_groups[0]["lr"], "val": metrics})
-                epoch_losses = []
-                if metrics is not None or state["step"] - saved["step"] >= min(
-                        save_every or steps_per_epoch, steps_per_epoch * 10):
-                    save(last)
-    except KeyboardInterrupt:
-        save(last)
-        raise
-    finally:
-        bar.close()
-    if stopped is None:
-        stopped = "budget"
-        metrics = validate() if do_val else None
-        if not do_val or not best.is_file():
-            save(best)
-        save(last)
-    else:
-        save(last)
-        metrics = state["metrics"]
-    images_per_s = seen_call / max(state["seconds"] - t_prev, 1e-9)
-    summary = {"out_dir": str(out_dir), "stopped": stopped, "steps": state["step"],
-               "epochs": state["epoch"], "step_in_epoch": state["step_in_epoch"],
-               "images_seen": state["images_seen"], "seconds": round(state["seconds"], 3),
-               "images_per_s": images_per_s, "final_loss": last_loss, "metrics": metrics,
-               "best_metrics": state["best_metrics"], "best_score": state["best_score"],
-               "checkpoint": str(best if stopped == "budget" else last),
-               "config": cfg_dict, "train": meta, "provenance": prov()}
-    if stopped == "budget":
-        log({"event": "end", **{k: summary[k] for k in (
-            "steps", "epochs", "images_seen", "seconds", "images_per_s", "final_loss",
-            "metrics", "best_score")}, "provenance": summary["provenance"]})
-    return summary
 
 
 def summary_line(summary: dict) -> str:
@@ -454,6 +623,8 @@ def summary_line(summary: dict) -> str:
     m = summary.get("metrics") or {}
     parts = [f"{summary['steps']} steps", f"{summary['images_seen']} images",
              f"{summary['seconds']:.1f} s", f"{summary['images_per_s']:.1f} img/s"]
+    if summary.get("precision"):
+        parts.append(summary["precision"])
     if summary.get("final_loss") is not None:
         parts.append(f"loss {summary['final_loss']:.4f}")
     if m:
@@ -462,5 +633,6 @@ def summary_line(summary: dict) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["TrainingDiverged", "train", "epoch_batches", "lr_factor", "resolve_device",
-           "summary_line"]
+__all__ = ["NUMERICS_VERSION", "TrainConfig", "TrainingDiverged", "train", "train_config",
+           "build_dataset", "build_optimizer", "train_step", "train_one_epoch", "validate",
+           "epoch_batches", "lr_factor", "resolve_device", "summary_line", "RunState", "Run"]
