@@ -1,10 +1,13 @@
 """Benchmarks and notebook runs: record a notebook's numbers, run the benchmark modules.
 
-Layer L4. Notebook 09 (benchmark report) and ``reports/index.html`` show what is written here.
+Layer L4. Notebook 10 (benchmark report) and ``reports/index.html`` show what is written here.
 
-- ``record(out_dir, stem, numbers, quick=, seed=, data_dir=, seconds=)`` writes
-  ``out_dir/<stem>.json`` = ``{"notebook", "numbers", "provenance"}``; every notebook ends
-  with it.
+- ``record(out_dir, stem, numbers, quick=, seed=, data_dir=, seconds=, headline=)`` writes
+  ``out_dir/<stem>.json`` = ``{"notebook", "numbers", "headline", "provenance"}``; every
+  notebook ends with it, naming in ``headline`` the three to six (flattened) keys of
+  ``numbers`` that ``reports/index.html`` shows beside the committed full-mode values.
+- ``show_results(stem)`` (``show.py``): the committed ``results/<stem>.json`` as tables and
+  verdicts (``sodlab.metrics.verdict``), for the notebooks' "the paper beside us" cells.
 - ``BENCHMARKS``: the plain, ordered list of benchmark modules ``sodlab.bench.<name>``,
   each exposing ``run(*, quick: bool, progress: bool) -> dict``.
 - ``run_benchmarks(quick=, only=, progress=)`` runs them one after another (a module not
@@ -12,7 +15,8 @@ Layer L4. Notebook 09 (benchmark report) and ``reports/index.html`` show what is
 - ``notebooks.run_notebooks`` executes the notebooks with papermill; ``report`` writes the
   HTML index.
 
-Nothing heavy is imported at module level, so notebooks can import ``record`` cheaply.
+Nothing heavy is imported at module level (``show_results`` loads pandas when first used),
+so notebooks can import ``record`` cheaply.
 """
 
 from __future__ import annotations
@@ -44,22 +48,57 @@ def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:
         return None
 
 
+MAX_HEADLINE = 6
+
+
 def record(out_dir: str | os.PathLike, stem: str, numbers: dict, *, quick: bool, seed: int,
-           data_dir: str | os.PathLike | None = None, seconds: float | None = None) -> Path:
+           data_dir: str | os.PathLike | None = None, seconds: float | None = None,
+           headline: list[str] | None = None) -> Path:
     """Write ``out_dir/<stem>.json`` with the notebook's key numbers and their provenance.
 
-    ``numbers`` must be JSON-serialisable (plain floats, ints, strings, lists, dicts);
-    ``reports/index.html`` shows its first dozen (flattened) entries, so put the key ones first.
-    Returns the path written (atomically).
+    ``numbers`` must be JSON-serialisable (plain floats, ints, strings, lists, dicts).
+    ``headline`` names the three to six numbers ``reports/index.html`` shows for this
+    notebook, as flattened keys of ``numbers`` (``"AP_small.none"`` for
+    ``numbers["AP_small"]["none"]``); the JSON keeps every number. A key that is not in
+    ``numbers``, or more than six, raises ``InputError``. Returns the path written
+    (atomically).
     """
+    from sodlab.errors import InputError
     from sodlab.files import write_json
     from sodlab.provenance import provenance
 
+    obj: dict = {"notebook": stem, "numbers": numbers}
+    if headline is not None:
+        from sodlab.bench.report import flatten
+
+        if isinstance(headline, str) or not all(isinstance(k, str) for k in headline):
+            raise InputError(f"record({stem!r}): headline is a list of key names, "
+                             f"got {headline!r}")
+        headline = list(headline)
+        if not 1 <= len(headline) <= MAX_HEADLINE:
+            raise InputError(f"record({stem!r}): name one to {MAX_HEADLINE} headline numbers, "
+                             f"got {len(headline)}")
+        flat = flatten(numbers)
+        missing = [k for k in headline if k not in flat]
+        if missing:
+            raise InputError(f"record({stem!r}): headline key(s) {missing} are not in the "
+                             f"numbers (flattened keys look like "
+                             f"{', '.join(list(flat)[:3])})")
+        obj["headline"] = headline
     path = Path(out_dir) / f"{stem}.json"
     prov = provenance(seed=seed, data_hash=_dataset_hash(data_dir), quick=quick,
                       seconds=seconds)
-    write_json(path, {"notebook": stem, "numbers": numbers, "provenance": prov})
+    write_json(path, {**obj, "provenance": prov})
     return path
+
+
+def __getattr__(name: str):
+    """``show_results`` on first use (it needs pandas; ``record`` must stay cheap)."""
+    if name == "show_results":
+        from sodlab.bench.show import show_results
+
+        return show_results
+    raise AttributeError(f"module 'sodlab.bench' has no attribute {name!r}")
 
 
 def load_benchmark(name: str):

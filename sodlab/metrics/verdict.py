@@ -210,9 +210,13 @@ def verdict(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> str:
 
 
 def _fmt(x: float, digits: int, sign: bool = False) -> str:
+    """``digits`` decimals; two significant digits for a value that would print as zero."""
     if math.isnan(x):
         return "n/a"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    plus = "+" if sign else ""
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:{plus}.2g}"
+    return f"{x:{plus}.{digits}f}"
 
 
 def verdict_sentence(per_seed, intervals=None, *, metric: str = "the metric", a: str = "A",
@@ -245,11 +249,11 @@ def verdict_sentence(per_seed, intervals=None, *, metric: str = "the metric", a:
                  f" to {_fmt(d.interval_diff[1], digits, True)}")
     else:
         body += "; no intervals"
-    tail = d.reason
+    tail = "" if not n else d.reason
     if d.verdict != UNCLEAR and d.interval_a is None and d.interval_diff is None:
         tail += (f"; with no effect at all, {n} seeds would agree by chance "
                  f"1 time in {2 ** (n - 1)}")
-    return f"{head}. {body}; {tail}."
+    return f"{head}. {body}; {tail}." if tail else f"{head}. {body}."
 
 
 __all__ = ["verdict", "verdict_sentence", "decide", "Decision", "VERDICTS", "MIN_SEEDS",
