@@ -1,6 +1,6 @@
 """Augmentation for small objects: oversample images that hold them, copy-paste them by mask.
 
-After Kisantal et al. 2019, "Augmentation for small object detection" (METHODS.md):
+After Kisantal et al. 2019, "Augmentation for small object detection" (docs/methods.md):
 images with small objects are repeated k times per epoch (2-4x, 3x best in the paper), and
 small objects are copied by their mask and pasted inside the same image at random places,
 scaled by +-20 % and rotated by +-15 degrees, never over an existing object.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,40 +86,37 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
-def _rect_mask(box: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Pixels a continuous xyxy box touches, as a bool mask ``[h, w]``."""
-    x1, y1 = int(math.floor(box[0])), int(math.floor(box[1]))
-    x2, y2 = int(math.ceil(box[2])), int(math.ceil(box[3]))
-    m = torch.zeros(h, w, dtype=torch.bool)
-    m[max(y1, 0):max(min(y2, h), 0), max(x1, 0):max(min(x2, w), 0)] = True
-    return m
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight xyxy box of a non-empty bool mask ``[h, w]`` in the continuous-pixel convention."""
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-def _tight_box(mask: torch.Tensor) -> torch.Tensor:
-    """Tight xyxy box of a bool mask ``[H, W]`` in the continuous-pixel convention."""
-    ys = mask.any(1).nonzero()
-    xs = mask.any(0).nonzero()
-    return torch.tensor([xs[0, 0], ys[0, 0], xs[-1, 0] + 1, ys[-1, 0] + 1], dtype=torch.float32)
-
-
-def _context_region(target: dict, i: int) -> torch.Tensor:
-    """Object i's context: ``context_boxes``, else the union of its box with its head and body
-    boxes (the dataset's ``context_keys``), else a guessed head-and-shoulders region."""
-    box = target["boxes"][i]
+def _context_regions(target: dict, idx: list[int]) -> torch.Tensor:
+    """Context region ``[S, 4]`` of the objects ``idx``: ``context_boxes``, else the union of
+    each box with its head and body boxes (the dataset's ``context_keys``; non-finite parts
+    are left out), else a guessed head-and-shoulders region."""
+    box = target["boxes"][idx]  # [S, 4]
     if "context_boxes" in target:
-        return target["context_boxes"][i]
-    parts = [target[k][i] for k in ("head_boxes", "body_boxes")
-             if k in target and torch.isfinite(target[k][i]).all()]
-    if not parts:
-        return _default_context(box)
-    allb = torch.stack([box, *parts])
-    return torch.cat([allb[:, :2].min(0).values, allb[:, 2:].max(0).values])
+        return target["context_boxes"][idx]
+    keys = [k for k in ("head_boxes", "body_boxes") if k in target]
+    out = _default_context(box)  # [S, 4]
+    if not keys:
+        return out
+    parts = torch.stack([target[k][idx] for k in keys], 1)  # [S, K, 4]
+    finite = torch.isfinite(parts).all(2)  # [S, K]
+    parts = torch.where(finite[..., None], parts, box[:, None])  # a missing part adds nothing
+    allb = torch.cat([box[:, None], parts], 1)  # [S, 1 + K, 4]
+    union = torch.cat([allb[..., :2].min(1).values, allb[..., 2:].max(1).values], 1)
+    return torch.where(finite.any(1)[:, None], union, out)
 
 
 def _default_context(box: torch.Tensor) -> torch.Tensor:
-    w, h = box[2] - box[0], box[3] - box[1]
-    cx = (box[0] + box[2]) / 2
-    return torch.stack([cx - 1.5 * w, box[1] - 0.5 * h, cx + 1.5 * w, box[3] + 2.5 * h])
+    """Face boxes ``[S, 4]`` widened 3x and stretched down 3.5x: head and shoulders."""
+    w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    cx = (box[:, 0] + box[:, 2]) / 2
+    return torch.stack([cx - 1.5 * w, box[:, 1] - 0.5 * h, cx + 1.5 * w, box[:, 3] + 2.5 * h], 1)
 
 
 def _warp(patch: torch.Tensor, scale: float, angle_deg: float) -> torch.Tensor:
@@ -128,12 +126,15 @@ def _warp(patch: torch.Tensor, scale: float, angle_deg: float) -> torch.Tensor:
     c, s = abs(math.cos(a)), abs(math.sin(a))
     wo = max(1, math.ceil(scale * (w * c + h * s)))
     ho = max(1, math.ceil(scale * (w * s + h * c)))
-    # output pixel offsets (from the centre) -> input offsets: R(-a) / scale
-    inv = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) / scale
-    theta = torch.diag(torch.tensor([2.0 / w, 2.0 / h])) @ inv @ torch.diag(
-        torch.tensor([wo / 2.0, ho / 2.0]))
-    theta = torch.cat([theta, torch.zeros(2, 1)], 1)[None]  # [1, 2, 3]
-    grid = F.affine_grid(theta, [1, patch.shape[0], ho, wo], align_corners=False)
+    # output pixel offsets (from the centre) -> input offsets: R(-a) / scale, then to the
+    # grid's [-1, 1] units; in float32 as torch's own matrix products would give it
+    inv = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]],
+                   dtype=np.float32) / np.float32(scale)
+    theta = np.zeros((1, 2, 3), dtype=np.float32)  # [1, 2, 3]
+    theta[0, :, :2] = (np.array([[2.0 / w], [2.0 / h]], dtype=np.float32) * inv
+                       * np.array([[wo / 2.0, ho / 2.0]], dtype=np.float32))
+    grid = F.affine_grid(torch.from_numpy(theta), [1, patch.shape[0], ho, wo],
+                         align_corners=False)
     return F.grid_sample(patch[None], grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)[0]  # [C, ho, wo]
 
@@ -150,6 +151,37 @@ def _feather(alpha: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return a[0, 0] * (alpha > 0)
 
 
+def _place(occupied: np.ndarray, fp: np.ndarray, g: torch.Generator,
+           max_tries: int) -> tuple[int, int] | None:
+    """The first of up to ``max_tries`` random offsets where ``fp`` misses ``occupied``.
+
+    Each try draws a row then a column offset (``randint(H - ho + 1)``, ``randint(W - wo +
+    1)``). All tries are drawn in one call from the product range (a draw modulo the product
+    gives the same offsets as the two draws, since each range divides it), and the generator
+    is then advanced by exactly the tries used, so the stream is that of one try at a time.
+    """
+    H, W = occupied.shape
+    ho, wo = fp.shape
+    ny, nx = H - ho + 1, W - wo + 1
+    if ny * nx >= 2**32:  # torch draws 64 bits for such ranges: one try at a time
+        for _ in range(max_tries):
+            oy = int(torch.randint(ny, (1,), generator=g))
+            ox = int(torch.randint(nx, (1,), generator=g))
+            if not (occupied[oy:oy + ho, ox:ox + wo] & fp).any():
+                return oy, ox
+        return None
+    state = g.get_state()
+    draws = torch.randint(ny * nx, (2 * max_tries,), generator=g).tolist()
+    for t in range(max_tries):
+        oy, ox = draws[2 * t] % ny, draws[2 * t + 1] % nx
+        if not (occupied[oy:oy + ho, ox:ox + wo] & fp).any():
+            if t + 1 < max_tries:
+                g.set_state(state)
+                torch.randint(ny * nx, (2 * (t + 1),), generator=g)
+            return oy, ox
+    return None
+
+
 def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
                strategy: str = "all_once", n_copies: int = 1, max_area: float = SMALL_AREA,
                scale: tuple[float, float] = (0.8, 1.2), rotation: float = 15.0,
@@ -163,6 +195,9 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
     free place in ``max_tries`` random positions is skipped (``target["pasted_skipped"]``
     counts them). Pasted objects never overlap an existing or earlier pasted object (box or
     mask) and lie inside the image; their box is the tight bound of their transformed mask.
+    The occupancy bookkeeping runs in NumPy (cheaper per small operation than torch); the
+    random stream, and so the output for a given generator, is that of the one-try-at-a-time
+    loop.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown copy-paste strategy {strategy!r}; choose from {STRATEGIES}")
@@ -174,73 +209,79 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
     boxes, masks = target["boxes"], target["masks"]  # [N, 4], [N, H, W]
     areas = target["area"] if "area" in target else masks.flatten(1).sum(1).float()
     crowd = target["iscrowd"]
-    small = [i for i in range(len(boxes)) if not crowd[i] and 0 < areas[i] <= max_area]
+    is_small = (crowd == 0) & (areas > 0) & (areas <= max_area)  # [N]
+    small = torch.nonzero(is_small).flatten().tolist()
     if strategy == "one_many":
         small = [small[int(torch.randint(len(small), (1,), generator=g))]] if small else []
     elif strategy == "random_subset":
         small = [i for i in small if float(torch.rand((), generator=g)) < subset_p]
 
-    occupied = torch.zeros(H, W, dtype=torch.bool)  # every mask lies inside its box's pixels
-    for b in boxes:
-        x1, y1 = max(int(math.floor(b[0])), 0), max(int(math.floor(b[1])), 0)
-        occupied[y1:max(int(math.ceil(b[3])), 0), x1:max(int(math.ceil(b[2])), 0)] = True
+    occupied = np.zeros((H, W), dtype=bool)  # every mask lies inside its box's pixels
+    for bx1, by1, bx2, by2 in boxes.tolist():
+        x1, y1 = max(math.floor(bx1), 0), max(math.floor(by1), 0)
+        occupied[y1:max(math.ceil(by2), 0), x1:max(math.ceil(bx2), 0)] = True
     image = image.clone()
-    new_boxes, new_masks, new_labels, src_idx = [], [], [], []
+    img_np = image.numpy()  # [3, H, W], shares memory with image
+    masks_np = masks.numpy()  # [N, H, W]
+    regions = (_context_regions(target, small) if with_context else boxes[small]).tolist()
+    new_boxes, new_masks, src_idx = [], [], []
     skipped = 0
-    for i in small:
-        region = _context_region(target, i) if with_context else boxes[i]
-        x1 = max(int(math.floor(region[0])), 0)
-        y1 = max(int(math.floor(region[1])), 0)
-        x2 = min(int(math.ceil(region[2])), W)
-        y2 = min(int(math.ceil(region[3])), H)
-        obj = masks[i, y1:y2, x1:x2].float()  # [h, w]
+    for i, region in zip(small, regions):
+        x1 = max(math.floor(region[0]), 0)
+        y1 = max(math.floor(region[1]), 0)
+        x2 = min(math.ceil(region[2]), W)
+        y2 = min(math.ceil(region[3]), H)
+        own = masks_np[i, y1:y2, x1:x2]  # [h, w]
         if with_context:  # the rectangle, less the pixels of other objects
-            others = (masks[:, y1:y2, x1:x2].any(0) & ~masks[i, y1:y2, x1:x2]).float()
-            foot = 1.0 - others
-        else:
-            foot = obj
-        patch = torch.cat([image[:, y1:y2, x1:x2], obj[None], foot[None]])  # [5, h, w]
+            others = masks_np[:, y1:y2, x1:x2].any(0) & ~own
+            patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None], ~others[None]],
+                                   dtype=np.float32)  # [5, h, w]
+        else:  # the footprint is the object's mask: warp it once
+            patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None]],
+                                   dtype=np.float32)  # [4, h, w]
+        patch = torch.from_numpy(patch)
         for _ in range(n_copies):
             warped = _warp(patch, _uniform(g, *scale), _uniform(g, -rotation, rotation))
-            m = warped[3] > 0.5  # [ho, wo]
-            fp = (warped[4] > 0.5) | m
+            wn = warped.numpy()  # [C, ho, wo]
+            m = wn[3] > 0.5  # [ho, wo]
             if not m.any():
                 skipped += 1
                 continue
-            tb = _tight_box(m)
-            fp = fp | _rect_mask(tb, *fp.shape)
+            fp = (wn[4] > 0.5) | m if with_context else m.copy()
+            tx1, ty1, tx2, ty2 = _tight_box(m)
+            fp[ty1:ty2, tx1:tx2] = True
             ho, wo = fp.shape
             if ho > H or wo > W:
                 skipped += 1
                 continue
-            placed = False
-            for _ in range(max_tries):
-                oy = int(torch.randint(H - ho + 1, (1,), generator=g))
-                ox = int(torch.randint(W - wo + 1, (1,), generator=g))
-                if not (occupied[oy:oy + ho, ox:ox + wo] & fp).any():
-                    placed = True
-                    break
-            if not placed:
+            where = _place(occupied, fp, g, max_tries)
+            if where is None:
                 skipped += 1
                 continue
-            alpha = fp.float() if blend == "hard" else _feather(fp.float())
-            dst = image[:, oy:oy + ho, ox:ox + wo]
-            image[:, oy:oy + ho, ox:ox + wo] = alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst
+            oy, ox = where
+            if blend == "hard":
+                dst = img_np[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
+                dst[:] = np.where(fp, np.clip(wn[:3], 0, 1), dst)
+            else:
+                dst = image[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
+                alpha = _feather(torch.from_numpy(fp).float())
+                dst.copy_(alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst)
             occupied[oy:oy + ho, ox:ox + wo] |= fp
             new_masks.append((oy, ox, m))  # placed into full-size masks once, at the end
-            new_boxes.append(tb + torch.tensor([ox, oy, ox, oy], dtype=torch.float32))
-            new_labels.append(target["labels"][i])
+            new_boxes.append([tx1 + ox, ty1 + oy, tx2 + ox, ty2 + oy])
             src_idx.append(i)
     out = dict(target)
     if new_boxes:
-        nb = torch.stack(new_boxes)  # [P, 4]
-        all_masks = torch.zeros(len(masks) + len(nb), H, W, dtype=torch.bool)  # [N + P, H, W]
+        nb = torch.tensor(new_boxes, dtype=torch.float32)  # [P, 4]
+        all_masks = torch.empty(len(masks) + len(nb), H, W, dtype=torch.bool)  # [N + P, H, W]
         all_masks[:len(masks)] = masks
+        all_masks[len(masks):] = False
         for k, (oy, ox, m) in enumerate(new_masks):
-            all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = m
+            all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = \
+                torch.from_numpy(m)
         out["boxes"] = torch.cat([boxes, nb])
         out["masks"] = all_masks
-        out["labels"] = torch.cat([target["labels"], torch.stack(new_labels)])
+        out["labels"] = torch.cat([target["labels"], target["labels"][src_idx]])
         out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
         pasted_area = torch.tensor([float(m.sum()) for _, _, m in new_masks])  # [P]
         out["area"] = torch.cat([areas.float(), pasted_area])

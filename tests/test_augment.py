@@ -240,3 +240,206 @@ def test_context_boxes_from_the_dataset_travel_with_pastes():
         d_out = out["body_boxes"][j, :2] - out["boxes"][j, :2]
         assert any(torch.allclose(d_out, target["body_boxes"][i, :2] - b[i, :2], atol=1.5)
                    for i in src)
+
+
+# --------------------------------------------------------------------------- speed-up guard
+# The first implementation of copy_paste (per-object torch ops, one placement try at a time),
+# kept as the reference: the faster one must give the same outputs for the same generator.
+def _ref_uniform(g, lo, hi):
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _ref_rect_mask(box, h, w):
+    x1, y1 = int(math.floor(box[0])), int(math.floor(box[1]))
+    x2, y2 = int(math.ceil(box[2])), int(math.ceil(box[3]))
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[max(y1, 0):max(min(y2, h), 0), max(x1, 0):max(min(x2, w), 0)] = True
+    return m
+
+
+def _ref_tight_box(mask):
+    ys = mask.any(1).nonzero()
+    xs = mask.any(0).nonzero()
+    return torch.tensor([xs[0, 0], ys[0, 0], xs[-1, 0] + 1, ys[-1, 0] + 1], dtype=torch.float32)
+
+
+def _ref_default_context(box):
+    w, h = box[2] - box[0], box[3] - box[1]
+    cx = (box[0] + box[2]) / 2
+    return torch.stack([cx - 1.5 * w, box[1] - 0.5 * h, cx + 1.5 * w, box[3] + 2.5 * h])
+
+
+def _ref_context_region(target, i):
+    box = target["boxes"][i]
+    if "context_boxes" in target:
+        return target["context_boxes"][i]
+    parts = [target[k][i] for k in ("head_boxes", "body_boxes")
+             if k in target and torch.isfinite(target[k][i]).all()]
+    if not parts:
+        return _ref_default_context(box)
+    allb = torch.stack([box, *parts])
+    return torch.cat([allb[:, :2].min(0).values, allb[:, 2:].max(0).values])
+
+
+def _ref_warp(patch, scale, angle_deg):
+    import torch.nn.functional as F
+
+    _, h, w = patch.shape
+    a = math.radians(angle_deg)
+    c, s = abs(math.cos(a)), abs(math.sin(a))
+    wo = max(1, math.ceil(scale * (w * c + h * s)))
+    ho = max(1, math.ceil(scale * (w * s + h * c)))
+    inv = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) / scale
+    theta = torch.diag(torch.tensor([2.0 / w, 2.0 / h])) @ inv @ torch.diag(
+        torch.tensor([wo / 2.0, ho / 2.0]))
+    theta = torch.cat([theta, torch.zeros(2, 1)], 1)[None]
+    grid = F.affine_grid(theta, [1, patch.shape[0], ho, wo], align_corners=False)
+    return F.grid_sample(patch[None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
+
+
+def _ref_feather(alpha, sigma=1.0):
+    import torch.nn.functional as F
+
+    r = max(1, int(2 * sigma))
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    a = alpha[None, None]
+    a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    a = F.conv2d(F.pad(a, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return a[0, 0] * (alpha > 0)
+
+
+def _ref_copy_paste(image, target, *, g, strategy="all_once", n_copies=1, max_area=32.0**2,
+                    scale=(0.8, 1.2), rotation=15.0, blend="hard", with_context=False,
+                    max_tries=20, subset_p=0.5):
+    _, H, W = image.shape
+    boxes, masks = target["boxes"], target["masks"]
+    areas = target["area"] if "area" in target else masks.flatten(1).sum(1).float()
+    crowd = target["iscrowd"]
+    small = [i for i in range(len(boxes)) if not crowd[i] and 0 < areas[i] <= max_area]
+    if strategy == "one_many":
+        small = [small[int(torch.randint(len(small), (1,), generator=g))]] if small else []
+    elif strategy == "random_subset":
+        small = [i for i in small if float(torch.rand((), generator=g)) < subset_p]
+    occupied = torch.zeros(H, W, dtype=torch.bool)
+    for b in boxes:
+        x1, y1 = max(int(math.floor(b[0])), 0), max(int(math.floor(b[1])), 0)
+        occupied[y1:max(int(math.ceil(b[3])), 0), x1:max(int(math.ceil(b[2])), 0)] = True
+    image = image.clone()
+    new_boxes, new_masks, new_labels, src_idx = [], [], [], []
+    skipped = 0
+    for i in small:
+        region = _ref_context_region(target, i) if with_context else boxes[i]
+        x1 = max(int(math.floor(region[0])), 0)
+        y1 = max(int(math.floor(region[1])), 0)
+        x2 = min(int(math.ceil(region[2])), W)
+        y2 = min(int(math.ceil(region[3])), H)
+        obj = masks[i, y1:y2, x1:x2].float()
+        if with_context:
+            others = (masks[:, y1:y2, x1:x2].any(0) & ~masks[i, y1:y2, x1:x2]).float()
+            foot = 1.0 - others
+        else:
+            foot = obj
+        patch = torch.cat([image[:, y1:y2, x1:x2], obj[None], foot[None]])
+        for _ in range(n_copies):
+            warped = _ref_warp(patch, _ref_uniform(g, *scale),
+                               _ref_uniform(g, -rotation, rotation))
+            m = warped[3] > 0.5
+            fp = (warped[4] > 0.5) | m
+            if not m.any():
+                skipped += 1
+                continue
+            tb = _ref_tight_box(m)
+            fp = fp | _ref_rect_mask(tb, *fp.shape)
+            ho, wo = fp.shape
+            if ho > H or wo > W:
+                skipped += 1
+                continue
+            placed = False
+            for _ in range(max_tries):
+                oy = int(torch.randint(H - ho + 1, (1,), generator=g))
+                ox = int(torch.randint(W - wo + 1, (1,), generator=g))
+                if not (occupied[oy:oy + ho, ox:ox + wo] & fp).any():
+                    placed = True
+                    break
+            if not placed:
+                skipped += 1
+                continue
+            alpha = fp.float() if blend == "hard" else _ref_feather(fp.float())
+            dst = image[:, oy:oy + ho, ox:ox + wo]
+            image[:, oy:oy + ho, ox:ox + wo] = alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst
+            occupied[oy:oy + ho, ox:ox + wo] |= fp
+            new_masks.append((oy, ox, m))
+            new_boxes.append(tb + torch.tensor([ox, oy, ox, oy], dtype=torch.float32))
+            new_labels.append(target["labels"][i])
+            src_idx.append(i)
+    out = dict(target)
+    if new_boxes:
+        nb = torch.stack(new_boxes)
+        all_masks = torch.zeros(len(masks) + len(nb), H, W, dtype=torch.bool)
+        all_masks[:len(masks)] = masks
+        for k, (oy, ox, m) in enumerate(new_masks):
+            all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = m
+        out["boxes"] = torch.cat([boxes, nb])
+        out["masks"] = all_masks
+        out["labels"] = torch.cat([target["labels"], torch.stack(new_labels)])
+        out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
+        pasted_area = torch.tensor([float(m.sum()) for _, _, m in new_masks])
+        out["area"] = torch.cat([areas.float(), pasted_area])
+        for key in target:
+            if key.endswith("_boxes"):
+                shift = (nb[:, :2] - boxes[src_idx][:, :2]).repeat(1, 2)
+                out[key] = torch.cat([target[key], target[key][src_idx] + shift])
+    out["pasted"] = len(new_boxes)
+    out["pasted_skipped"] = skipped
+    return image, out
+
+
+def _assert_same_output(a, b):
+    (img_a, ta), (img_b, tb) = a, b
+    assert torch.equal(img_a, img_b)
+    assert set(ta) == set(tb)
+    for k in ta:
+        if isinstance(ta[k], torch.Tensor):
+            torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=0, equal_nan=True,
+                                       msg=k)  # exact; dtypes must match too
+        else:
+            assert ta[k] == tb[k], k
+
+
+def _with_context_parts(seed):
+    """A scene whose objects carry head and body boxes, some of them missing (NaN)."""
+    image, target = _random_scene(seed, n=7, H=120, W=150)
+    b = target["boxes"]
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    target["head_boxes"] = torch.stack([b[:, 0] - 0.2 * w, b[:, 1] - 0.3 * h, b[:, 2] + 0.2 * w,
+                                        b[:, 3]], 1)
+    target["body_boxes"] = torch.stack([b[:, 0] - w, b[:, 3], b[:, 2] + w, b[:, 3] + 2 * h], 1)
+    target["head_boxes"][1::3] = float("nan")
+    target["body_boxes"][1::2] = float("nan")
+    return image, target
+
+
+@pytest.mark.parametrize("strategy", ["all_once", "one_many", "random_subset"])
+@pytest.mark.parametrize("with_context", [False, True])
+@pytest.mark.parametrize("blend", ["hard", "soft"])
+def test_copy_paste_equals_reference_implementation(strategy, with_context, blend):
+    scenes = [_random_scene(s, n=8) for s in range(6)] + [_with_context_parts(s) for s in (1, 2)]
+    ctx = _random_scene(9, n=5)  # explicit context boxes
+    ctx[1]["context_boxes"] = ctx[1]["boxes"] + torch.tensor([-6.0, -4.0, 6.0, 12.0])
+    scenes.append(ctx)
+    pasted = 0
+    for max_tries in (20, 2):  # few tries: placements fail and skip too
+        g_ref = torch.Generator().manual_seed(11)
+        g_new = torch.Generator().manual_seed(11)
+        for image, target in scenes:  # one generator through all: its stream must match
+            kw = dict(strategy=strategy, with_context=with_context, blend=blend, n_copies=2,
+                      max_area=22.0**2, max_tries=max_tries)
+            ref = _ref_copy_paste(image, target, g=g_ref, **kw)
+            new = copy_paste(image, target, g=g_new, **kw)
+            _assert_same_output(ref, new)
+            pasted += new[1]["pasted"]
+        assert torch.equal(g_ref.get_state(), g_new.get_state())
+    assert pasted > 0
