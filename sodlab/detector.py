@@ -289,7 +289,6 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.levels = level_specs(cfg)
         self.backbone = build_backbone(cfg.backbone, max_stride=max(cfg.strides))
-        _check(cfg)
         self.neck = build_neck("lfpn" if cfg.lfpn else cfg.neck, self.backbone.channels,
                                list(cfg.strides), cfg.width)
         self.cpm = LevelCPM(cfg.width, list(cfg.strides)) if cfg.cpm else None
@@ -299,6 +298,8 @@ class Detector(nn.Module):
         finest = min(cfg.strides)
         maxout = {finest: cfg.maxout_bg} if cfg.maxout_bg else None
         maxin = None
+        if cfg.max_in_out and not softmax:
+            raise InputError("max_in_out needs loss=softmax_ohem (a background class to max over)")
         if cfg.max_in_out:  # PyramidBox: c_n = 3 on the finest level, c_p = 3 on the others
             maxout, maxin = {finest: 2}, {s: 2 for s in cfg.strides if s != finest}
         per_level = {lv.stride: lv.num_anchors for lv in self.levels}

@@ -25,7 +25,7 @@ public code does, growing the face box by spa^k about its own centre, which equa
 formula when anchor and face share a centre (IoU is unchanged when both boxes are scaled
 about one point). Read as shrinking the anchor about *its* centre, the formula instead
 doubles (k = 1) or quadruples (k = 2) the face's offset from it and, on S3FD's anchors
-(density 4, so density 1 once shrunk 4 times) would leave body labels only to faces close
+(density 4, so density 1 once shrunk 4 times), would leave body labels only to faces close
 to a cell centre. Real head/body boxes (the embedded data set has them) can replace the
 derived ones face by face. ``pyramid_anchor_labels`` then labels every anchor against one
 set of context boxes: IoU strictly above ``threshold``, no low-quality matches.

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sodlab.anchors import anchors_for_level, s3fd_levels
+from sodlab.anchors import all_anchors, anchors_for_level, s3fd_levels
 from sodlab.data.transforms import DataAnchorSampling
 from sodlab.matching import IGNORE, NEGATIVE, context_boxes, pyramid_anchor_labels
 from sodlab.models.context import CPM, LevelCPM
@@ -332,3 +332,100 @@ def test_cpm_shapes_and_receptive_field():
         8].shape == (1, 16, 2, 2)
     with pytest.raises(ValueError, match="quarters"):
         CPM(18)
+
+
+# ------------------------------------------------------------------------- the pyramidbox preset
+
+def _batch(with_context: bool):
+    x = torch.rand(2, 3, 128, 128)
+    faces = torch.tensor([[20.0, 24, 36, 40], [70, 60, 78, 69], [90, 10, 120, 44]])
+    targets = []
+    for _ in range(2):
+        t = {"boxes": faces, "labels": torch.tensor([0, 0, 0]),
+             "iscrowd": torch.tensor([False, False, True]), "size": (128, 120)}
+        if with_context:
+            t["head_boxes"] = context_boxes(faces, 1) + 1.0
+            t["body_boxes"] = torch.tensor([[0.0, 10, 60, 140], [math.nan] * 4,
+                                            [80, 0, 130, 128]])  # leaves the image
+        targets.append(t)
+    return x, targets
+
+
+@pytest.mark.parametrize("with_context", [True, False])
+def test_pyramidbox_preset_trains_one_step_and_predicts(with_context):
+    from sodlab.detector import CONTEXT_WEIGHTS, build_detector, make_config
+
+    torch.manual_seed(0)
+    cfg = make_config("pyramidbox", num_classes=1, overrides={"input_size": 128})
+    assert cfg.lfpn and cfg.cpm and cfg.pyramid_anchors and cfg.max_in_out
+    assert cfg.strides == [4, 8, 16, 32, 64, 128] and cfg.context_keys == ("head_bbox",
+                                                                           "body_bbox")
+    model = build_detector(cfg)
+    assert model.neck.start == 32 and model.head.maxout == {4: 2}
+    assert model.head.maxin == {8: 2, 16: 2, 32: 2, 64: 2, 128: 2}
+    x, targets = _batch(with_context)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    losses = model(x, targets)
+    assert {"loss", "cls", "box", "head", "body", "context_derived"} <= set(losses)
+    total = losses["cls"] + losses["box"] + CONTEXT_WEIGHTS["head"] * losses["head"] + \
+        CONTEXT_WEIGHTS["body"] * losses["body"]
+    torch.testing.assert_close(losses["loss"].detach(), total)
+    assert losses["head"] > 0 and losses["body"] > 0 and torch.isfinite(losses["loss"])
+    # two trained faces x two branches; with context, only one body row is missing
+    assert float(losses["context_derived"]) == (0.25 if with_context else 1.0)
+    opt.zero_grad()
+    losses["loss"].backward()
+    assert model.context_head.cls["8"].weight.grad.abs().sum() > 0
+    opt.step()
+    model.eval()
+    out = model(x)
+    assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
+    # test time uses the face branch only: the context scores do not change the detections
+    for conv in model.context_head.cls.values():
+        conv.weight.data.normal_()
+    again = model(x)
+    assert all(torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+               for a, b in zip(out, again))
+
+
+def test_pyramidbox_context_labels_in_the_loss_follow_the_stated_rule():
+    from sodlab.detector import build_detector, make_config
+
+    torch.manual_seed(0)
+    model = build_detector(make_config("pyramidbox", num_classes=1))
+    face = torch.tensor([[6.0, 6.0, 22.0, 22.0]])  # head [0, 0, 30, 30], body [0, 0, 46, 46]
+    anchors = all_anchors(model.levels, (64, 64))  # 4 ... 128 px (the paper's x 1/4)
+    seen = {}
+
+    def spy(logits, labels, num_pos, **kw):
+        seen.setdefault("n", []).append(int((labels >= 0).sum()))
+        return logits.sum() * 0
+
+    import sodlab.detector as det
+
+    real = det.softmax_ohem_loss
+    det.softmax_ohem_loss = spy
+    try:
+        A = len(anchors)
+        t = [{"boxes": face, "labels": torch.tensor([0]), "iscrowd": torch.tensor([False]),
+              "size": (64, 64)}]
+        model.loss(torch.zeros(1, A, 2), torch.zeros(1, A, 4), anchors, t,
+                   context=torch.zeros(1, A, 2, 2), hw=(64, 64))
+    finally:
+        det.softmax_ohem_loss = real
+    # face, head, body positives against the same rule called directly
+    want = [int((pyramid_anchor_labels(anchors, context_boxes(face, k).clamp(0, 64)) >= 0).sum())
+            for k in (1, 2)]
+    assert seen["n"][1:] == want and min(want) > 0
+
+
+def test_pyramidbox_config_errors():
+    from sodlab.detector import make_config
+    from sodlab.errors import InputError
+
+    with pytest.raises(InputError, match="max_in_out"):
+        make_config("pyramidbox", num_classes=1, overrides={"loss": "focal", "maxout_bg": 0})
+    with pytest.raises(InputError, match="lfpn"):
+        make_config("pyramidbox", num_classes=1, overrides={"neck": "fpn"})
+    cfg = make_config("s3fd", num_classes=1, overrides=["lfpn=true", "pyramid_anchors=true"])
+    assert cfg.lfpn and cfg.pyramid_anchors and not cfg.cpm
