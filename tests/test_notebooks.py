@@ -149,3 +149,60 @@ def test_benchmarks_skip_modules_not_written_yet(monkeypatch):
     assert out["benchmarks"] == {} and "threads" in out["provenance"] and notes
     with pytest.raises(InputError):
         run_benchmarks(quick=True, only=["no_such_bench_xyz"])
+
+
+def test_record_keeps_the_headline_and_checks_its_keys(tmp_path):
+    numbers = {"AP_small": {"none": 0.1, "fpn": 0.4}, "n": 3, "seeds": [0, 1]}
+    path = record(tmp_path, "03_x", numbers, quick=True, seed=0,
+                  headline=["AP_small.none", "AP_small.fpn", "n"])
+    out = json.loads(path.read_text())
+    assert out["headline"] == ["AP_small.none", "AP_small.fpn", "n"]
+    assert out["numbers"] == numbers                       # the full list stays in the JSON
+    assert "headline" not in json.loads(record(tmp_path, "03_y", numbers, quick=True,
+                                               seed=0).read_text())
+    with pytest.raises(InputError, match="AP_small.ssh"):
+        record(tmp_path, "03_x", numbers, quick=True, seed=0, headline=["AP_small.ssh"])
+    with pytest.raises(InputError, match="one to 6"):
+        record(tmp_path, "03_x", numbers, quick=True, seed=0, headline=["n"] * 7)
+    with pytest.raises(InputError):
+        record(tmp_path, "03_x", numbers, quick=True, seed=0, headline="n")
+
+
+def test_index_shows_headline_beside_committed_values_and_verdicts(tmp_path):
+    reports = tmp_path / "rep"
+    nb = reports / "nb"
+    numbers = {"AP_small_fpn": 0.05, "AP_small_baseline": 0.01, "images_per_s_fpn": 99.0,
+               "not_in_headline": 123.456}
+    record(nb, "03_fpn", numbers, quick=True, seed=0,
+           headline=["AP_small_baseline", "AP_small_fpn", "images_per_s_fpn"])
+    rows = [{"stem": "03_fpn", "status": "ok", "seconds": 50.0, "quick": True,
+             "html": "html/03_fpn.html", "json": "nb/03_fpn.json", "numbers": numbers}]
+    results = Path(__file__).resolve().parents[1] / "results"   # the committed full runs
+    text = report.write_index(reports, rows, results_dir=results).read_text()
+    committed = json.loads((results / "03_fpn.json").read_text())["numbers"]
+    assert "AP_small_fpn" in text and "0.05" in text
+    assert report.fmt(committed["AP_small_fpn"]) in text          # the full-mode value beside
+    assert report.fmt(committed["images_per_s_fpn"]) in text
+    assert "not_in_headline" not in text and 'href="nb/03_fpn.json"' in text
+    assert 'href="html/03_fpn.html">executed notebook' in text
+    # the verdicts of the committed file, computed by sodlab.metrics.verdict, with sentences
+    from sodlab.bench.show import comparisons
+
+    for c in comparisons("03_fpn", results):
+        assert f"{c.label}: <span" in text and c.verdict in text
+    assert "fpn vs baseline, AP_small: <span class=\"v-up\">up</span>" in text
+    assert "Mean difference +0.304" in text
+    # notebooks with committed results that did not run here still show their verdicts
+    assert "Committed results of notebooks not run here" in text
+    assert "results/06_dense_anchors.json" in text and "faceboxes vs fpn, AP_tiny" in text
+    assert "quality" in text and "Other committed results" in text
+
+
+def test_index_survives_a_broken_committed_file(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "02_augmentation.json").write_text(json.dumps({"numbers": {"per_seed": [1]}}))
+    rows = [{"stem": "02_augmentation", "status": "ok", "seconds": 5.0, "quick": True,
+             "numbers": {"AP": 0.1}}]
+    text = report.write_index(tmp_path, rows, results_dir=results).read_text()
+    assert "unreadable" in text and "results/02_augmentation.json" in text

@@ -1,12 +1,17 @@
-"""Write ``reports/index.html``: every notebook's status, time and key numbers in one page.
+"""Write ``reports/index.html``: every notebook's status, time and headline numbers in one page.
 
 Layer L4. Called by ``notebooks.run_notebooks``; read by the maintainer after each change.
 One self-contained page (inline CSS, no external assets, no JavaScript):
 
-- a row per notebook: status, run time (flagged over 90 s in quick mode), its key numbers
-  (from the JSON it wrote), a link to its executed HTML, and, where ``results/<stem>.json``
-  (committed full-mode results) exists, those numbers beside the live ones;
+- a row per notebook: status, run time (flagged over 90 s in quick mode), a link to its
+  executed HTML, and its **headline numbers** (the three to six keys its ``record(...,
+  headline=[...])`` call names; the first few numbers when it names none) in a small table:
+  this run's value beside the committed full-mode value at the same key
+  (``results/<stem>.json``), with the verdicts that committed file supports
+  (``sodlab.bench.show.comparisons``, i.e. ``sodlab.metrics.verdict``), each with its
+  sentence folded under it. Every other number stays in the notebook's JSON, linked;
 - the errors of failed notebooks;
+- committed results no notebook row names (benchmarks, ``quality.json``);
 - ``reports/bench.json`` (``sodlab bench``) as one table per benchmark;
 - the run's provenance (commit, versions, threads, CPU, seed, data, mode, time).
 """
@@ -17,10 +22,13 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 QUICK_LIMIT_S = 90.0
-MAX_NUMBERS = 12  # key numbers shown per notebook row; the JSON has them all
+MAX_NUMBERS = 12  # numbers shown per "other committed result"; the JSON has them all
+FALLBACK_HEADLINE = 6  # numbers shown for a notebook that names no headline
+NOTEBOOK_STEM = re.compile(r"^[0-9][0-9]_")  # results/NN_name.json: a notebook's full run
 
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
@@ -38,6 +46,11 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .kv { margin: 0; padding: 0; list-style: none; font-size: .9em; }
 .kv li { white-space: nowrap; } .kv b { font-weight: 500; color: #555; }
 .full { color: #0b5394; }
+table.hl { width: auto; margin: 0; font-size: .9em; }
+table.hl td, table.hl th { padding: 1px 8px 1px 0; border: 0; background: none; }
+.v-up { color: #1a7f37; font-weight: 600; } .v-down { color: #cf222e; font-weight: 600; }
+.v-none { color: #666; font-weight: 600; }
+details { font-size: .85em; } details summary { cursor: pointer; }
 pre.err { background: #fff5f5; border-left: 3px solid #cf222e; padding: .5em .8em;
           white-space: pre-wrap; font-size: .85em; margin: .3em 0; }
 .note { color: #666; font-size: .9em; }
@@ -106,15 +119,84 @@ def committed_results(results_dir: str | os.PathLike | None) -> dict[str, dict]:
     return out
 
 
-def _notebook_table(rows: list[dict], full: dict[str, dict]) -> str:
-    show_full = any(r["stem"] in full for r in rows) or bool(full)
-    head = ["Notebook", "Status", "Time", "Key numbers (this run)"]
+def _headline_keys(row: dict, committed: dict | None) -> list[str]:
+    """The keys a row shows: its headline, else the committed file's, else the first few."""
+    for source in (row, committed or {}):
+        keys = source.get("headline")
+        if isinstance(keys, list) and keys:
+            return [str(k) for k in keys]
+    for numbers in (row.get("numbers"), (committed or {}).get("numbers", committed)):
+        flat = flatten(numbers) if isinstance(numbers, dict) else {}
+        if flat:
+            return list(flat)[:FALLBACK_HEADLINE]
+    return []
+
+
+def _headline_cell(row: dict, committed: dict | None) -> str:
+    keys = _headline_keys(row, committed)
+    if not keys:
+        return '<span class="note">—</span>'
+    live = flatten(row.get("numbers")) if isinstance(row.get("numbers"), dict) else {}
+    full = committed.get("numbers", committed) if isinstance(committed, dict) else None
+    full = flatten(full) if isinstance(full, dict) else {}
+    head = "<tr><th></th><th>this run</th>"
+    head += '<th class="full">full mode (committed)</th></tr>' if committed else "</tr>"
+    lines = [f'<table class="hl">{head}']
+    for k in keys:
+        cells = [html.escape(k), html.escape(fmt(live[k])) if k in live else "—"]
+        if committed:
+            cells.append(html.escape(fmt(full[k])) if k in full else "—")
+        tds = "".join(f"<td>{c}</td>" if i == 0 else f'<td class="num{" full" if i == 2 else ""}">'
+                      f"{c}</td>" for i, c in enumerate(cells))
+        lines.append(f"<tr>{tds}</tr>")
+    lines.append("</table>")
+    return "".join(lines)
+
+
+def committed_verdicts(stem: str, results_dir: str | os.PathLike | None) -> list[dict]:
+    """``[{"label", "verdict", "sentence"}]`` from ``results/<stem>.json`` ([] if none)."""
+    from sodlab.bench.show import comparisons
+    from sodlab.errors import InputError
+
+    if results_dir is None or not Path(results_dir).is_dir():
+        return []
+    try:
+        comps = comparisons(stem, results_dir)
+        return [{"label": c.label, "verdict": c.verdict, "sentence": c.sentence}
+                for c in comps]
+    except (InputError, AttributeError, TypeError, KeyError, ValueError) as exc:
+        # a report without verdicts is still a report: say which file is at fault
+        return [{"label": f"results/{stem}.json", "verdict": "unreadable",
+                 "sentence": f"{type(exc).__name__}: {exc}"}]
+
+
+def _verdict_cell(verdicts: list[dict]) -> str:
+    if not verdicts:
+        return '<span class="note">—</span>'
+    out = []
+    for v in verdicts:
+        css = {"up": "v-up", "down": "v-down"}.get(v["verdict"], "v-none")
+        out.append(f'<details><summary>{html.escape(v["label"])}: <span class="{css}">'
+                   f'{html.escape(v["verdict"])}</span></summary>'
+                   f'{html.escape(v["sentence"])}</details>')
+    return "".join(out)
+
+
+def _notebook_table(rows: list[dict], full: dict[str, dict],
+                    verdicts: dict[str, list[dict]] | None = None) -> str:
+    verdicts = verdicts or {}
+    show_full = bool(full)
+    head = ["Notebook", "Status", "Time", "Headline numbers"]
     if show_full:
-        head.append("Committed full-mode results")
+        head.append("Verdicts (committed full-mode results)")
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in rows:
         stem = html.escape(r["stem"])
         link = (f'<a href="{html.escape(r["html"])}">{stem}</a>' if r.get("html") else stem)
+        if r.get("html"):
+            link += f'<br><a class="note" href="{html.escape(r["html"])}">executed notebook</a>'
+        if r.get("json"):
+            link += f'<br><a class="note" href="{html.escape(r["json"])}">all numbers (JSON)</a>'
         status = r.get("status", "?")
         st = f'<span class="{"ok" if status == "ok" else "failed"}">{html.escape(status)}</span>'
         secs = r.get("seconds")
@@ -123,14 +205,14 @@ def _notebook_table(rows: list[dict], full: dict[str, dict]) -> str:
             time_txt += f' <span class="slow" title="quick mode should take under ' \
                         f'{QUICK_LIMIT_S:.0f} s">over {QUICK_LIMIT_S:.0f} s</span>'
         mode = "quick" if r.get("quick") else "full"
+        committed = full.get(r["stem"])
         cells = [link, st, f'{time_txt}<br><span class="note">{mode}</span>',
-                 _kv_list(r.get("numbers"))]
+                 _headline_cell(r, committed)]
         if r.get("error"):
             cells[3] += f'<pre class="err">{html.escape(r["error"])}</pre>'
         if show_full:
-            obj = full.get(r["stem"])
-            cells.append(_kv_list(obj.get("numbers", obj), "full") if obj else
-                         '<span class="note">—</span>')
+            cells.append(_verdict_cell(verdicts.get(r["stem"], [])) if committed else
+                         '<span class="note">no committed full-mode results</span>')
         tds = "".join(f'<td class="num">{c}</td>' if i == 2 else f"<td>{c}</td>"
                       for i, c in enumerate(cells))
         out.append(f"<tr>{tds}</tr>")
@@ -173,8 +255,13 @@ def _prov_section(prov: dict) -> str:
 
 
 def render_index(rows: list[dict], *, provenance: dict | None = None,
-                 full: dict[str, dict] | None = None, bench: dict | None = None) -> str:
-    """The HTML text of the index page (see the module docstring)."""
+                 full: dict[str, dict] | None = None, bench: dict | None = None,
+                 verdicts: dict[str, list[dict]] | None = None) -> str:
+    """The HTML text of the index page (see the module docstring).
+
+    ``rows``: ``NotebookResult`` dicts, each optionally with ``headline`` (its keys);
+    ``full``: committed results by stem; ``verdicts``: ``committed_verdicts`` by stem.
+    """
     full = full or {}
     n_ok = sum(r.get("status") == "ok" for r in rows)
     n_slow = sum(bool(r.get("quick")) and (r.get("seconds") or 0) > QUICK_LIMIT_S
@@ -188,12 +275,29 @@ def render_index(rows: list[dict], *, provenance: dict | None = None,
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              "<title>sodlab report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>sodlab report</h1>", f'<p class="sub">{summary}.</p>',
-             "<h2>Notebooks</h2>", _notebook_table(rows, full)]
+             "<h2>Notebooks</h2>", _notebook_table(rows, full, verdicts)]
     if full:
         parts.append('<p class="note">Committed full-mode results come from '
                      "<code>results/*.json</code>: real runs of the full budget, shown "
-                     "beside this run's numbers.</p>")
+                     "beside this run's headline numbers. A verdict is "
+                     "<code>sodlab.metrics.verdict</code>: up or down only when the 95 % "
+                     "bootstrap intervals are apart and every seed agrees (without intervals: "
+                     "at least three seeds, all agreeing); open one for its numbers.</p>")
         extra = {k: v for k, v in full.items() if k not in {r["stem"] for r in rows}}
+        books = {k: v for k, v in extra.items() if NOTEBOOK_STEM.match(k)}
+        if books:
+            parts.append("<h2>Committed results of notebooks not run here</h2><table><tr>"
+                         "<th>File</th><th>Numbers (committed)</th><th>Verdicts</th></tr>")
+            for stem, obj in books.items():
+                keys = _headline_keys({}, obj)
+                nums = flatten(obj.get("numbers", obj))
+                items = "".join(f"<li><b>{html.escape(k)}</b> {html.escape(fmt(nums[k]))}</li>"
+                                for k in keys if k in nums)
+                parts.append(f"<tr><td>results/{html.escape(stem)}.json</td><td>"
+                             f'<ul class="kv full">{items}</ul></td><td>'
+                             f"{_verdict_cell((verdicts or {}).get(stem, []))}</td></tr>")
+            parts.append("</table>")
+        extra = {k: v for k, v in extra.items() if k not in books}
         if extra:
             parts.append("<h2>Other committed results</h2><table><tr><th>File</th>"
                          "<th>Numbers</th></tr>")
@@ -218,8 +322,22 @@ def write_index(reports_dir: str | os.PathLike, rows: list[dict], *,
     from sodlab.files import write_bytes
 
     bench = _load_json(Path(bench_path)) if bench_path else None
-    text = render_index(rows, provenance=provenance, full=committed_results(results_dir),
-                        bench=bench if isinstance(bench, dict) else None)
-    path = Path(reports_dir) / "index.html"
+    reports = Path(reports_dir)
+    rows = [_with_headline(r, reports) for r in rows]
+    full = committed_results(results_dir)
+    verdicts = {stem: committed_verdicts(stem, results_dir) for stem in full
+                if NOTEBOOK_STEM.match(stem)}
+    text = render_index(rows, provenance=provenance, full=full,
+                        bench=bench if isinstance(bench, dict) else None, verdicts=verdicts)
+    path = reports / "index.html"
     write_bytes(path, text.encode("utf-8"))
     return path
+
+
+def _with_headline(row: dict, reports_dir: Path) -> dict:
+    """The row with ``headline`` from the JSON the notebook wrote (``record(headline=)``)."""
+    if row.get("headline") or not row.get("json"):
+        return row
+    obj = _load_json(reports_dir / row["json"])
+    keys = obj.get("headline") if isinstance(obj, dict) else None
+    return {**row, "headline": keys} if isinstance(keys, list) and keys else row
