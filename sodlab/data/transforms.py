@@ -4,9 +4,10 @@ Layer L1. Each transform is a callable ``t(image, target, g) -> (image, target)`
 ``image`` float32 ``[3, H, W]`` in [0, 1], ``target`` per the data contract of
 ``sodlab.data.dataset`` and ``g`` a ``torch.Generator``, the only source of randomness.
 Geometric transforms move every ``[N, 4]`` xyxy entry whose key ends in ``"boxes"``
-(``boxes``, ``head_boxes``, ...), the ``masks [N, H, W]`` and the ``area``. Boxes are continuous pixels (x1 <= x < x2), so a
-horizontal flip maps ``x1' = W - x2, x2' = W - x1``. Used by the dataset
-(``DetectionDataset(transforms=...)``) and taught in notebook 02_augmentation.
+(``boxes``, ``head_boxes``, ...), the ``masks [N, H, W]`` and the ``area``. Boxes are
+continuous pixels (x1 <= x < x2), so a horizontal flip maps ``x1' = W - x2, x2' = W - x1``.
+Used by the dataset (``DetectionDataset(transforms=...)``) and taught in notebook
+02_augmentation.
 
 ``DataAnchorSampling`` is PyramidBox's data-anchor-sampling (Tang et al. 2018, notebook
 06): it rescales the image so that one randomly chosen face takes the size of a randomly

@@ -1,4 +1,4 @@
-"""PyramidBox's context-sensitive prediction module (CPM): SSH's context module built of residual blocks.
+"""PyramidBox's context-sensitive prediction module (CPM): SSH's context module of residual blocks.
 
 Tang et al. 2018 (*PyramidBox: A Context-assisted Single Shot Face Detector*, ECCV) put one
 CPM on every prediction level, between the neck and the head. It keeps the layout of SSH's
