@@ -16,6 +16,8 @@ Dimension legend: N objects, C candidate chips, K chip side, S scales.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 
@@ -173,6 +175,22 @@ def _ignore_invalid(target: dict, valid: torch.Tensor) -> dict:
     return out
 
 
+# The scale index every SnipScale call must use (None: draw one per image). The engine sets
+# it around each item of a batch so a whole batch shares one scale (``fixed_scale``).
+_FIXED_SCALE: contextvars.ContextVar[int | None] = contextvars.ContextVar("snip_scale",
+                                                                          default=None)
+
+
+@contextlib.contextmanager
+def fixed_scale(k: int | None):
+    """Inside the block, ``SnipScale`` uses scale index ``k`` instead of drawing one."""
+    token = _FIXED_SCALE.set(k)
+    try:
+        yield
+    finally:
+        _FIXED_SCALE.reset(token)
+
+
 class SnipScale:
     """SNIP training transform ``t(image, target, g)``: one scale at random, out-of-range ignored.
 
@@ -182,6 +200,10 @@ class SnipScale:
     anchors are neither positive nor negative). With a single scale and range [0, inf) it is
     ``ResizeLongest(input_size)``; with several scales and all ranges [0, inf) it is plain
     multi-scale training (MST), the baseline SNIP must beat.
+
+    Inside ``fixed_scale(k)`` the scale index is ``k`` (the draw from ``g`` still happens, so
+    the item's other random choices are unchanged): the engine uses it to give every image
+    of a batch one scale, so a batch is not padded to its largest image.
     """
 
     def __init__(self, scales=DEFAULT_SCALES, ranges=DEFAULT_RANGES, *, input_size: int) -> None:
@@ -190,6 +212,11 @@ class SnipScale:
 
     def __call__(self, image: torch.Tensor, target: dict, g: torch.Generator):
         k = int(torch.randint(len(self.scales), (1,), generator=g))
+        fixed = _FIXED_SCALE.get()
+        if fixed is not None:
+            if not 0 <= fixed < len(self.scales):
+                raise ValueError(f"fixed scale index {fixed} outside 0..{len(self.scales) - 1}")
+            k = fixed
         valid = valid_mask(target["boxes"], self.ranges[k])
         factor = self.scales[k] * self.input_size / max(image.shape[1:])
         out = _ignore_invalid(target, valid)

@@ -306,3 +306,44 @@ def test_worker_processes_do_not_change_the_result(root, tmp_path, tiny_detector
     a = load_checkpoint(tmp_path / "w0" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "w2" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mst_draws_one_scale_per_batch(root):
+    from sodlab.data.dataset import collate
+    from sodlab.engine.train import (ScaleGrouped, TrainConfig, build_dataset, epoch_batches,
+                                     scale_grouped)
+
+    mst = {"snip": {"scales": [2.0, 1.0, 0.5], "ranges": [[0, None]] * 3}}
+    ds = build_dataset(root / "train", TrainConfig(recipe=mst, seed=1), input_size=64)
+    assert isinstance(ds, ScaleGrouped) and ds.n_scales == 3
+    batches = scale_grouped(epoch_batches(len(ds), batch_size=4, world_size=1, seed=1, epoch=0)
+                            * 6, 3, seed=1, epoch=0)
+    seen = set()
+    for b in batches:
+        items = [ds[i] for i in b]
+        scales = {t["snip_scale"] for _, t in items}
+        assert len(scales) == 1  # one scale for the whole batch
+        seen |= scales
+        images, _ = collate(items)
+        real = sum(img.shape[1] * img.shape[2] for img, _ in items)
+        assert real / images[:, 0].numel() > 0.6  # same-size images: little padding
+    assert seen == {2.0, 1.0, 0.5}  # every scale is drawn over the epochs' batches
+    # per image (the earlier recipe) still draws scales independently inside a batch
+    per_image = build_dataset(root / "train", TrainConfig(
+        recipe={"snip": {**mst["snip"], "group": "image"}}, seed=1), input_size=64)
+    assert not isinstance(per_image, ScaleGrouped)
+    assert len({per_image[i][1]["snip_scale"] for i in range(len(per_image))}) > 1
+
+
+def test_fixed_scale_leaves_other_draws_alone(root):
+    from sodlab.engine.train import TrainConfig, build_dataset
+
+    mst = {"snip": {"scales": [2.0, 1.0, 0.5], "ranges": [[0, None]] * 3}}
+    ds = build_dataset(root / "train", TrainConfig(recipe=mst, seed=2), input_size=64)
+    free = build_dataset(root / "train", TrainConfig(
+        recipe={"snip": {**mst["snip"], "group": "image"}}, seed=2), input_size=64)
+    for i in range(len(free)):
+        img, t = free[i]
+        k = [2.0, 1.0, 0.5].index(t["snip_scale"])
+        img2, t2 = ds[(i, k)]  # the same scale, forced: identical item (flip included)
+        assert torch.equal(img, img2) and torch.equal(t["boxes"], t2["boxes"])

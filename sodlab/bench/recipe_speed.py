@@ -5,12 +5,14 @@ this benchmark says what that budget costs in time. Measured side by side in one
 this process: training steps of the ``fpn`` preset on batches drawn through each recipe's
 own transforms (``sodlab.engine.train.build_dataset``), timed round-robin (recipe 1, 2,
 3, 4, 1, 2, ...) so that a change in the machine's load hits every recipe alike, and the
-median step per recipe reported; then inference per validation image at one scale and
+mean step per recipe reported (MST and SNIP draw one scale per batch; here their batches
+take the scales in turn, so a mean over a multiple of three rounds is the expected cost); then inference per validation image at one scale and
 with SNIP's three scales (``sodlab.snip.multiscale_predict``). Ratios against single
 scale are the result; absolute times depend on the machine and on who else uses it.
-A batch is padded to its largest image, so when MST and SNIP draw a scale per image, one
-image at scale 2 makes the whole batch pay for it: ``train_padding_share`` is the share of
-each recipe's batch pixels that is padding.
+A batch is padded to its largest image: when MST and SNIP drew a scale per image (recipe
+``"group": "image"``), one image at scale 2 made the whole batch pay for it (70 % of their
+batch pixels were padding); ``train_padding_share`` is the share of each recipe's batch
+pixels that is padding.
 
 Shapes: batches ``[B, 3, Hp, Wp]`` (padded to a multiple of 32); images ``[3, H, W]``.
 Dimension legend: B images per step, Hp x Wp padded batch size.
@@ -44,13 +46,16 @@ def _batches(split: Path, recipe: dict | None, *, input_size: int, batch_size: i
              steps: int) -> list[tuple[torch.Tensor, list[dict]]]:
     """``steps`` batches of ``batch_size`` training items, transformed as ``recipe`` trains."""
     from sodlab.data.dataset import collate
-    from sodlab.engine.train import TrainConfig, build_dataset
+    from sodlab.engine.train import ScaleGrouped, TrainConfig, build_dataset
 
     ds = build_dataset(split, TrainConfig(recipe=recipe, batch_size=batch_size, seed=0),
                        input_size=input_size)
     n = len(ds)
-    return [collate([ds[(b * batch_size + j) % n] for j in range(batch_size)])
-            for b in range(steps)]
+    batches = [[(b * batch_size + j) % n for j in range(batch_size)] for b in range(steps)]
+    if isinstance(ds, ScaleGrouped):  # one scale per batch as the engine trains, here in
+        batches = [[(i, b % ds.n_scales) for i in idx]  # turn, so a mean over a multiple
+                   for b, idx in enumerate(batches)]  # of the scale count is the expectation
+    return [collate([ds[i] for i in b]) for b in batches]
 
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | None = None,
@@ -78,9 +83,10 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     size = int(cfg.input_size)
     prec = resolve_precision(precision)
     recipes = snip_recipes(chip=size // 2)
-    rounds = rounds or (1 if quick else 5)
+    rounds = rounds or (1 if quick else 6)
+    warm = 1 if quick else 3  # full: one warm-up round per scale (each shape's first call)
     batches = {name: _batches(split, r, input_size=size, batch_size=batch_size,
-                              steps=rounds + 1) for name, r in recipes.items()}
+                              steps=warm + rounds) for name, r in recipes.items()}
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -94,12 +100,12 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {name: [] for name in recipes}
-    for r in range(rounds + 1):  # round 0 warms up every shape's first call
+    for r in range(warm + rounds):  # the first rounds warm up every shape's first call
         for name in recipes:
             s = step(*batches[name][r])
-            if r:
+            if r >= warm:
                 times[name].append(s)
-    step_s = {name: statistics.median(ts) for name, ts in times.items()}
+    step_s = {name: statistics.fmean(ts) for name, ts in times.items()}
     pixels = {name: sum(float(b[0][:, 0].numel()) for b in bs) / len(bs)
               for name, bs in batches.items()}  # padded pixels per batch
     image_px = {name: sum(float(t["size"][0] * t["size"][1]) for b in bs for t in b[1]) / len(bs)

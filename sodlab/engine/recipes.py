@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 RECIPE_KEYS = ("oversample", "oversample_area", "copy_paste", "snip", "sniper", "flip")
+GROUPS = ("batch", "image")
 
 
 def _ranges(spec: dict) -> tuple[tuple[float, float], ...]:
@@ -31,10 +32,13 @@ def build_transforms(recipe: dict | None, *, input_size: int,
                      train_split: str | Path) -> dict:
     """The whole training transform chain of a recipe, built in one place.
 
-    Returns ``{"transforms": [...], "oversample": repeats or None, "with_masks": bool}``:
+    Returns ``{"transforms": [...], "oversample": repeats or None, "with_masks": bool,
+    "batch_scales": n or None}``:
     ``ResizeLongest(input_size)`` then flips and copy-paste, or SNIP/SNIPER's own rescaling
     transform first (they resize themselves); ``oversample`` is a repeat count per training
-    image (``sodlab.augment.oversample_repeats``); ``with_masks``: copy-paste needs masks.
+    image (``sodlab.augment.oversample_repeats``); ``with_masks``: copy-paste needs masks;
+    ``batch_scales``: SNIP/MST with ``group: batch`` — the engine draws one of this many
+    scales per batch (``sodlab.engine.train.scale_grouped``).
     """
     from sodlab.augment import CopyPaste, contains_small, oversample_repeats
     from sodlab.data.coco import load_coco
@@ -55,9 +59,15 @@ def build_transforms(recipe: dict | None, *, input_size: int,
         chain.append(CopyPaste(p=float(kw.pop("p", 0.5)), **kw))
         with_masks = True
     first = ResizeLongest(input_size)
+    batch_scales = None
     for key, cls in (("snip", SnipScale), ("sniper", SniperChip)):
         if recipe.get(key):
             spec = dict(recipe[key])
+            if key == "snip":
+                group = spec.pop("group", "batch")
+                if group not in GROUPS:
+                    raise InputError(f"recipe snip.group {group!r}: expected one of {GROUPS}")
+                batch_scales = len(spec["scales"]) if group == "batch" else None
             extra = {k: v for k, v in spec.items() if k not in ("scales", "ranges")}
             first = cls(tuple(spec["scales"]), _ranges(spec), input_size=input_size, **extra)
     oversample = None
@@ -66,4 +76,5 @@ def build_transforms(recipe: dict | None, *, input_size: int,
         area = float(recipe.get("oversample_area", 32.0**2))
         oversample = oversample_repeats(load_coco(train_split), k=k,
                                         predicate=lambda anns: contains_small(anns, area))
-    return {"transforms": [first, *chain], "oversample": oversample, "with_masks": with_masks}
+    return {"transforms": [first, *chain], "oversample": oversample, "with_masks": with_masks,
+            "batch_scales": batch_scales}

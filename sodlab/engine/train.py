@@ -196,7 +196,11 @@ def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05,
 
 def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size: int,
                   context_keys: Sequence[str] = ()) -> torch.utils.data.Dataset:
-    """The training dataset of a split with the recipe's transform chain (and oversampling)."""
+    """The training dataset of a split with the recipe's transform chain (and oversampling).
+
+    SNIP/MST recipes that group scales by batch come wrapped in ``ScaleGrouped``: give it
+    ``(index, scale index)`` items (``scale_grouped`` makes such batches).
+    """
     from sodlab.engine.recipes import build_transforms
 
     split_dir = Path(split_dir)
@@ -209,9 +213,49 @@ def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size
         from sodlab.augment import RepeatedDataset
 
         ds = RepeatedDataset(ds, spec["oversample"])
+    if spec["batch_scales"]:
+        ds = ScaleGrouped(ds, spec["batch_scales"])
     if len(ds) == 0:
         raise InputError(f"{split_dir / 'annotations.json'}: the training split has no images")
     return ds
+
+
+class ScaleGrouped(torch.utils.data.Dataset):
+    """A training dataset whose items are ``(index, scale index)``: SNIP/MST with one scale per batch.
+
+    ``scale_grouped`` makes the batches; each item loads under ``sodlab.snip.fixed_scale``,
+    in the worker that loads it. Attributes the engine reads come from the wrapped dataset.
+    """
+
+    def __init__(self, base, n_scales: int) -> None:
+        self.base, self.n_scales = base, int(n_scales)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name: str):
+        if name in ("base", "n_scales"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, item):
+        from sodlab.snip import fixed_scale
+
+        index, k = item if isinstance(item, tuple) else (item, None)
+        with fixed_scale(k):
+            return self.base[index]
+
+
+def scale_grouped(batches: list[list[int]], n_scales: int, *, seed: int,
+                  epoch: int) -> list[list[tuple[int, int]]]:
+    """One scale index per global batch, from a generator seeded by (seed, epoch)."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5CA1E])
+    g = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+    ks = torch.randint(n_scales, (len(batches),), generator=g).tolist()
+    return [[(i, k) for i in b] for b, k in zip(batches, ks)]
 
 
 def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
@@ -386,6 +430,8 @@ def _epoch_loader(run: Run) -> tuple[torch.utils.data.DataLoader, int]:
     s, t = run.state, run.tcfg
     batches = epoch_batches(len(run.dataset), batch_size=t.batch_size, world_size=run.world,
                             seed=t.seed, epoch=s.epoch)
+    if isinstance(run.dataset, ScaleGrouped):
+        batches = scale_grouped(batches, run.dataset.n_scales, seed=t.seed, epoch=s.epoch)
     mine = [b[run.rank * t.batch_size:(run.rank + 1) * t.batch_size]
             for b in batches[s.step_in_epoch:]]
     run.dataset.set_epoch(s.epoch)
@@ -635,4 +681,4 @@ def summary_line(summary: dict) -> str:
 
 __all__ = ["NUMERICS_VERSION", "TrainConfig", "TrainingDiverged", "train", "train_config",
            "build_dataset", "build_optimizer", "train_step", "train_one_epoch", "validate",
-           "epoch_batches", "lr_factor", "resolve_device", "summary_line", "RunState", "Run"]
+           "epoch_batches", "scale_grouped", "ScaleGrouped", "lr_factor", "resolve_device", "summary_line", "RunState", "Run"]
