@@ -96,7 +96,8 @@ class RelationModule(nn.Module):
     ``heads`` heads with ``d_k``-dim queries/keys and a ``d_g``-dim geometry embedding;
     ``dim`` must be divisible by ``heads``. ``key_mask [N]`` (bool) restricts the attended
     objects (training leaves the ground-truth boxes added as proposals out, so they cannot
-    leak into the others' features); ``return_weights=True`` also returns the weights
+    leak into the others' features); ``embedding`` passes a precomputed
+    ``embed_geometry(boxes, key_mask)``; ``return_weights=True`` also returns the weights
     ``[H, N, M]`` over the attended objects (rows sum to 1) for drawing relations.
     """
 
@@ -116,26 +117,39 @@ class RelationModule(nn.Module):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
+    def embed_geometry(self, boxes: torch.Tensor,
+                       key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``E(g_mn)`` for receivers ``boxes`` and the attended ones. ``[N, M, d_g]``.
+
+        Modules with the same ``d_g`` over the same boxes can share it (``embedding=``).
+        """
+        boxes = boxes.float()
+        others = boxes if key_mask is None else boxes[key_mask]
+        return geometry_embedding(relative_geometry(boxes, others), self.d_g)
+
     def attention(self, x: torch.Tensor, boxes: torch.Tensor,
-                  key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  key_mask: torch.Tensor | None = None, *,
+                  embedding: torch.Tensor | None = None) -> torch.Tensor:
         """The relation weights ``[H, N, M]`` over the attended objects (softmax over M)."""
-        keys, key_boxes = (x, boxes) if key_mask is None else (x[key_mask], boxes[key_mask])
+        keys = x if key_mask is None else x[key_mask]
         N, M, H = len(x), len(keys), self.heads
         q = self.query(x).view(N, H, self.d_k).transpose(0, 1)  # [H, N, d_k]
         k = self.key(keys).view(M, H, self.d_k).transpose(0, 1)  # [H, M, d_k]
         w_a = q @ k.transpose(1, 2) / math.sqrt(self.d_k)  # [H, N, M]
-        emb = geometry_embedding(relative_geometry(boxes, key_boxes), self.d_g)  # [N, M, d_g]
-        w_g = F.relu(self.geometry(emb)).permute(2, 0, 1)  # [H, N, M]
+        if embedding is None:
+            embedding = self.embed_geometry(boxes, key_mask)  # [N, M, d_g]
+        w_g = F.relu(self.geometry(embedding)).permute(2, 0, 1)  # [H, N, M]
         return torch.softmax(w_g.clamp(min=self.eps).log() + w_a, dim=-1)  # [H, N, M]
 
     def forward(self, x: torch.Tensor, boxes: torch.Tensor, *,
-                key_mask: torch.Tensor | None = None, return_weights: bool = False):
+                key_mask: torch.Tensor | None = None, embedding: torch.Tensor | None = None,
+                return_weights: bool = False):
         N, C, H = len(x), self.dim, self.heads
         keys = x if key_mask is None else x[key_mask]
         if N == 0 or len(keys) == 0:  # nobody to relate to: the residual adds nothing
             w = x.new_zeros(H, N, len(keys))
             return (x, w) if return_weights else x
-        w = self.attention(x, boxes.float(), key_mask)  # [H, N, M]
+        w = self.attention(x, boxes, key_mask, embedding=embedding)  # [H, N, M]
         v = self.value(keys).view(len(keys), H, C // H).transpose(0, 1)  # [H, M, C/H]
         rel = (w @ v).transpose(0, 1).reshape(N, C)  # [N, C] heads concatenated
         out = x + rel
