@@ -32,12 +32,13 @@ else; ``scaled_anchor_sizes(cfg)`` gives the sizes the detector uses:
   ``maxout_bg``) and ``pyramid_anchors`` (head and body scores, training only).
 
 PyramidAnchors in the loss: every anchor gets a head and a body label by
-``sodlab.matching.pyramid_anchor_labels`` (IoU > 0.35) against each face's head / body box:
-the real ``head_boxes`` / ``body_boxes`` of the target where the data has them
-(``cfg.context_keys`` names the annotation keys the dataset should load), else the
-paper's box derived from the face (grown 2x / 4x about its centre); a target without those
-keys, or a face whose row is NaN (missing), falls back to the derived box, never an error,
-and the loss reports the share of derived boxes as ``context_derived``. Context boxes are
+``sodlab.matching.pyramid_anchor_labels`` (IoU > 0.35) against each face's head / body box.
+With ``pyramid_boxes="paper"`` (the default) that box is derived from the face as in the
+paper (grown 2x / 4x about its centre). With ``"real"`` it is the target's ``head_boxes`` /
+``body_boxes`` where the data has them (``cfg.context_keys`` names the annotation keys the
+dataset should load); a target without those keys, or a face whose row is NaN (missing),
+falls back to the derived box, never an error, and the loss reports the share of derived
+boxes as ``context_derived``. Context boxes are
 clipped to the image (``size``) first, so a body that leaves the image is matched by its
 visible part (one wholly outside matches nothing); anchors on a crowd face's context are
 ignored. Each branch is a two-way softmax with 3:1 hard negatives normalised by its own
@@ -110,11 +111,13 @@ class DetectorConfig:
     cpm: bool = False  # a context-sensitive prediction module on every level
     pyramid_anchors: bool = False  # head and body scores trained beside the face's
     max_in_out: bool = False  # finest level 1 face / 3 bg scores, others 3 face / 1 bg
+    pyramid_boxes: str = "paper"  # head/body from the face box ("paper") or the data ("real")
 
     @property
     def context_keys(self) -> tuple[str, ...]:
         """Per-object context boxes (``head_bbox``, ``body_bbox``) the loss reads from targets."""
-        return ("head_bbox", "body_bbox") if self.pyramid_anchors else ()
+        return ("head_bbox", "body_bbox") if self.pyramid_anchors and \
+            self.pyramid_boxes == "real" else ()
 
 
 def _baseline(**kw) -> DetectorConfig:
@@ -241,6 +244,8 @@ def _check(cfg: DetectorConfig) -> DetectorConfig:
         raise InputError("max_in_out needs loss=softmax_ohem (a background class to max over)")
     if cfg.lfpn and cfg.neck not in ("plain", "lfpn"):
         raise InputError(f"lfpn replaces the plain neck; got neck={cfg.neck!r}")
+    if cfg.pyramid_boxes not in ("paper", "real"):
+        raise InputError(f"pyramid_boxes must be paper or real, got {cfg.pyramid_boxes!r}")
     if cfg.cpm and cfg.width % 4:
         raise InputError(f"cpm needs a width divisible by 4, got {cfg.width}")
     return cfg
@@ -359,7 +364,7 @@ class Detector(nn.Module):
             if context is not None:
                 h, w = t.get("size", hw)
                 for r, (key, k) in enumerate((("head_boxes", 1), ("body_boxes", 2))):
-                    given = t.get(key)
+                    given = t.get(key) if cfg.pyramid_boxes == "real" else None
                     real = torch.zeros(len(gt), dtype=torch.bool, device=gt.device) \
                         if given is None else torch.isfinite(given).all(1).to(gt.device)
                     n_context += int((~crowd.bool()).sum())

@@ -352,14 +352,16 @@ def _batch(with_context: bool):
 
 
 @pytest.mark.parametrize("with_context", [True, False])
-def test_pyramidbox_preset_trains_one_step_and_predicts(with_context):
+@pytest.mark.parametrize("boxes", ["paper", "real"])
+def test_pyramidbox_preset_trains_one_step_and_predicts(with_context, boxes):
     from sodlab.detector import CONTEXT_WEIGHTS, build_detector, make_config
 
     torch.manual_seed(0)
-    cfg = make_config("pyramidbox", num_classes=1, overrides={"input_size": 128})
+    cfg = make_config("pyramidbox", num_classes=1,
+                      overrides={"input_size": 128, "pyramid_boxes": boxes})
     assert cfg.lfpn and cfg.cpm and cfg.pyramid_anchors and cfg.max_in_out
-    assert cfg.strides == [4, 8, 16, 32, 64, 128] and cfg.context_keys == ("head_bbox",
-                                                                           "body_bbox")
+    assert cfg.strides == [4, 8, 16, 32, 64, 128]
+    assert cfg.context_keys == (("head_bbox", "body_bbox") if boxes == "real" else ())
     model = build_detector(cfg)
     assert model.neck.start == 32 and model.head.maxout == {4: 2}
     assert model.head.maxin == {8: 2, 16: 2, 32: 2, 64: 2, 128: 2}
@@ -371,8 +373,9 @@ def test_pyramidbox_preset_trains_one_step_and_predicts(with_context):
         CONTEXT_WEIGHTS["body"] * losses["body"]
     torch.testing.assert_close(losses["loss"].detach(), total)
     assert losses["head"] > 0 and losses["body"] > 0 and torch.isfinite(losses["loss"])
-    # two trained faces x two branches; with context, only one body row is missing
-    assert float(losses["context_derived"]) == (0.25 if with_context else 1.0)
+    # two trained faces x two branches; real boxes given: only one body row is missing
+    assert float(losses["context_derived"]) == (0.25 if with_context and boxes == "real"
+                                                else 1.0)
     opt.zero_grad()
     losses["loss"].backward()
     assert model.context_head.cls["8"].weight.grad.abs().sum() > 0
@@ -411,12 +414,20 @@ def test_pyramidbox_context_labels_in_the_loss_follow_the_stated_rule():
               "size": (64, 64)}]
         model.loss(torch.zeros(1, A, 2), torch.zeros(1, A, 4), anchors, t,
                    context=torch.zeros(1, A, 2, 2), hw=(64, 64))
+        # real boxes: a body box leaving the image is matched by its clipped, visible part
+        model.cfg.pyramid_boxes = "real"
+        body = torch.tensor([[-20.0, 0.0, 44.0, 64.0]])  # -> [0, 0, 44, 64]
+        model.loss(torch.zeros(1, A, 2), torch.zeros(1, A, 4), anchors,
+                   [dict(t[0], body_boxes=body)], context=torch.zeros(1, A, 2, 2), hw=(64, 64))
     finally:
         det.softmax_ohem_loss = real
     # face, head, body positives against the same rule called directly
     want = [int((pyramid_anchor_labels(anchors, context_boxes(face, k).clamp(0, 64)) >= 0).sum())
             for k in (1, 2)]
-    assert seen["n"][1:] == want and min(want) > 0
+    assert seen["n"][1:3] == want and min(want) > 0
+    clipped = torch.tensor([[0.0, 0.0, 44.0, 64.0]])
+    assert seen["n"][5] == int((pyramid_anchor_labels(anchors, clipped) >= 0).sum()) > 0
+    assert seen["n"][5] != int((pyramid_anchor_labels(anchors, body) >= 0).sum())
 
 
 def test_pyramidbox_config_errors():
@@ -427,5 +438,7 @@ def test_pyramidbox_config_errors():
         make_config("pyramidbox", num_classes=1, overrides={"loss": "focal", "maxout_bg": 0})
     with pytest.raises(InputError, match="lfpn"):
         make_config("pyramidbox", num_classes=1, overrides={"neck": "fpn"})
+    with pytest.raises(InputError, match="pyramid_boxes"):
+        make_config("pyramidbox", num_classes=1, overrides={"pyramid_boxes": "drawn"})
     cfg = make_config("s3fd", num_classes=1, overrides=["lfpn=true", "pyramid_anchors=true"])
-    assert cfg.lfpn and cfg.pyramid_anchors and not cfg.cpm
+    assert cfg.lfpn and cfg.pyramid_anchors and not cfg.cpm and cfg.pyramid_boxes == "paper"
