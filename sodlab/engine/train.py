@@ -127,7 +127,9 @@ class TrainConfig:
             raise InputError(f"--precision {self.precision}: expected {', '.join(PRECISIONS)}")
         if self.num_workers < 0 or self.val_every < 0 or self.save_every < 0:
             raise InputError("num_workers, val_every and save_every must be >= 0")
-        if self.recipe is not None:
+        if not self.recipe:
+            self.recipe = None  # {} and None both mean "the default chain": one cache key
+        else:
             json.dumps(self.recipe)  # a recipe is part of the cache key: plain JSON only
 
     def to_dict(self) -> dict:
