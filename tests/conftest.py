@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 
 @pytest.fixture(scope="session")
 def quick_dataset():
     """Root of the embedded quick dataset (seed 0), generated into the default cache once."""
-    if importlib.util.find_spec("sodlab.data.synth") is None:
-        pytest.skip("sodlab.data.synth (the embedded dataset generator) is not written yet")
     from sodlab.data import ensure_dataset
 
     return ensure_dataset("quick", 0, progress=False)

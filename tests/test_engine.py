@@ -310,8 +310,13 @@ def test_worker_processes_do_not_change_the_result(root, tmp_path, tiny_detector
 
 def test_mst_draws_one_scale_per_batch(root):
     from sodlab.data.dataset import collate
-    from sodlab.engine.train import (ScaleGrouped, TrainConfig, build_dataset, epoch_batches,
-                                     scale_grouped)
+    from sodlab.engine.train import (
+        ScaleGrouped,
+        TrainConfig,
+        build_dataset,
+        epoch_batches,
+        scale_grouped,
+    )
 
     mst = {"snip": {"scales": [2.0, 1.0, 0.5], "ranges": [[0, None]] * 3}}
     ds = build_dataset(root / "train", TrainConfig(recipe=mst, seed=1), input_size=64)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 
 def test_recipe_speed_quick_smoke(quick_dataset):
-    pytest.importorskip("sodlab.detector", reason="the detector is not written yet")
     from sodlab.bench import BENCHMARKS
     from sodlab.bench.recipe_speed import run, snip_recipes
 

@@ -233,7 +233,7 @@ def train_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, batch_siz
 @torch.inference_mode()
 def evaluate_ssdlite(model, split_dir: str | os.PathLike) -> dict:
     """Size-wise metrics of a torchvision detector (labels 1..C) on a split folder."""
-    from sodlab.boxes import xyxy_to_xywh
+    from sodlab.data.coco import to_coco_results
     from sodlab.data.dataset import DetectionDataset
     from sodlab.metrics import evaluate
 
@@ -245,10 +245,9 @@ def evaluate_ssdlite(model, split_dir: str | os.PathLike) -> dict:
         out = model([img])[0]  # boxes in the original image's pixels
         t_model += time.perf_counter() - t0
         top = out["scores"].argsort(descending=True)[:100]
-        for box, s, lab in zip(xyxy_to_xywh(out["boxes"][top]).tolist(),
-                               out["scores"][top].tolist(), out["labels"][top].tolist()):
-            dets.append({"image_id": t["image_id"], "category_id": ds.cat_ids[lab - 1],
-                         "bbox": box, "score": s})
+        dets += to_coco_results([t["image_id"]], [{
+            "boxes": out["boxes"][top], "scores": out["scores"][top],
+            "labels": out["labels"][top] - 1}], cat_ids=ds.cat_ids)  # labels 1..C -> 0..C-1
     m = dict(evaluate(ds.coco, dets))
     m["images_per_s"] = len(ds) / max(t_model, 1e-9)
     return m
@@ -275,9 +274,10 @@ def _vga_image(root: Path) -> torch.Tensor:
     """The first validation image stretched to 640 x 480, ``[3, 480, 640]`` in [0, 1]."""
     from sodlab.data.dataset import DetectionDataset
 
+    from sodlab.tiling import resize_image
+
     img, _ = DetectionDataset(root / "val")[0]
-    return torch.nn.functional.interpolate(img[None], size=(480, 640), mode="bilinear",
-                                           antialias=True)[0].clamp(0, 1)
+    return resize_image(img, (480, 640), antialias=True).clamp(0, 1)
 
 
 def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, seed: int = 0,

@@ -268,23 +268,19 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-# The colours of sodlab.viz.BUCKET_COLORS (matplotlib's tab10 red, orange, green, blue).
-BUCKET_COLOURS = {"tiny": (214, 39, 40), "small": (255, 127, 14), "medium": (44, 160, 44),
-                  "large": (31, 119, 180)}
-
-
 def draw_detections(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor):
     """A PIL image of ``image`` [3, H, W] with xyxy boxes coloured by size bucket (box area)."""
     from PIL import Image, ImageDraw
 
     from sodlab.boxes import bucket_of
+    from sodlab.viz import BUCKET_RGB
 
     arr = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr)
     draw = ImageDraw.Draw(pil)
     for box, score in zip(boxes.tolist(), scores.tolist()):
         area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-        colour = BUCKET_COLOURS[bucket_of(area)]
+        colour = BUCKET_RGB[bucket_of(area)]
         draw.rectangle(box, outline=colour, width=1 if area <= 32 ** 2 else 2)
         draw.text((box[0], max(box[1] - 10, 0)), f"{score:.2f}", fill=colour)
     return pil

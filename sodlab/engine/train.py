@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sodlab.data.dataset import DetectionDataset, collate
+from sodlab.data.dataset import DetectionDataset, collate, seeded_generator
 from sodlab.data.transforms import Compose
 from sodlab.engine.checkpoint import (
     config_dict,
@@ -172,8 +172,7 @@ def epoch_batches(n: int, *, batch_size: int, world_size: int, seed: int,
     A permutation from a generator seeded by (seed, epoch); the incomplete last batch is
     dropped; a dataset smaller than one global batch is repeated to fill it.
     """
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED])
-    g = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+    g = seeded_generator(seed, epoch, 0x5EED)
     perm = torch.randperm(n, generator=g).tolist()
     gb = batch_size * world_size
     steps = max(1, n // gb)
@@ -254,8 +253,7 @@ class ScaleGrouped(torch.utils.data.Dataset):
 def scale_grouped(batches: list[list[int]], n_scales: int, *, seed: int,
                   epoch: int) -> list[list[tuple[int, int]]]:
     """One scale index per global batch, from a generator seeded by (seed, epoch)."""
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5CA1E])
-    g = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+    g = seeded_generator(seed, epoch, 0x5CA1E)
     ks = torch.randint(n_scales, (len(batches),), generator=g).tolist()
     return [[(i, k) for i in b] for b, k in zip(batches, ks)]
 
