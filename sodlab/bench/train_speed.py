@@ -273,7 +273,6 @@ def vga_latency_ms(forward, image: torch.Tensor, *, threads: int = 1, repeats: i
 def _vga_image(root: Path) -> torch.Tensor:
     """The first validation image stretched to 640 x 480, ``[3, 480, 640]`` in [0, 1]."""
     from sodlab.data.dataset import DetectionDataset
-
     from sodlab.tiling import resize_image
 
     img, _ = DetectionDataset(root / "val")[0]
