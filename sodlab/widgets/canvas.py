@@ -47,7 +47,9 @@ def figure_image(fig=None, *, dpi: float | None = None):
     """An ``ipywidgets.Image`` (PNG) that shrinks to its container; shows ``fig`` if given."""
     import ipywidgets as W
 
-    image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+    # flex-start: a VBox would otherwise stretch a narrow figure to its full width
+    image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto",
+                                                  align_self="flex-start"))
     image.add_class(FIGURE_CLASS)
     if fig is not None:
         show_figure(image, fig, dpi=dpi)
