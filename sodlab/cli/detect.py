@@ -4,6 +4,9 @@ Layer L4. Boxes are in each image's original pixels and category ids are the tra
 data's own. With ``--ann``, image ids come from that COCO file (images matched by their
 ``file_name`` relative to ``--images``), so the results evaluate against it with
 ``sodlab eval``. ``--viz DIR`` writes PNGs with boxes coloured by size bucket.
+``--format wider --out DIR`` writes WIDER FACE's submission layout instead,
+``DIR/<event>/<file>.txt`` (image name, count, ``x y w h score`` lines) for
+``sodlab eval --protocol wider`` or the official tool; the event is the image's folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ examples:
   sodlab detect --checkpoint runs/fpn/best.pt --images data/val/images \\
       --ann data/val/annotations.json --out dets.json && \\
   sodlab eval --gt data/val --dets dets.json
+  sodlab detect --checkpoint runs/fpn/best.pt --images WIDER_val/images --format wider \\
+      --out wider_pred/ && sodlab eval --protocol wider --gt-dir eval_tools/ground_truth \\
+      --dets wider_pred/
 box colours in --viz (box area): tiny <= 16^2 red, small <= 32^2 orange, medium <= 96^2 green,
 large blue.
 """
@@ -29,7 +35,11 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint (RUN/best.pt) or a run folder")
     p.add_argument("--images", required=True, metavar="DIR_OR_FILE")
-    p.add_argument("--out", required=True, metavar="DETS.json")
+    p.add_argument("--out", required=True, metavar="DETS.json|DIR",
+                   help="COCO results JSON; with --format wider, a folder")
+    p.add_argument("--format", choices=("coco", "wider"), default="coco",
+                   help="coco: one results JSON (default); wider: WIDER FACE's per-image "
+                   "<event>/<file>.txt files under --out")
     p.add_argument("--ann", default=None, metavar="ANN.json",
                    help="COCO file (or split folder) whose image ids the results use")
     p.add_argument("--viz", default=None, metavar="DIR", help="write annotated PNGs here")
@@ -84,8 +94,12 @@ def run(args) -> int:
         files = [f for f in files if f in ids]
     else:
         ids = {f: i + 1 for i, f in enumerate(files)}
+    wider = args.format == "wider"
+    if wider and Path(args.out).is_file():
+        raise InputError(f"{args.out}: --format wider writes a folder here, but this is a file")
     dets = []
     for f in tqdm(files, disable=args.no_progress, desc="detect"):
+        n_before = len(dets)
         image = as_image(f)  # [3, H, W]
         out = pred.predict(image, score_thresh=args.score_thresh)
         xywh = xyxy_to_xywh(out["boxes"])  # [N, 4]
@@ -96,6 +110,14 @@ def run(args) -> int:
             if not args.ann:
                 d["file_name"] = f.relative_to(base).as_posix()
             dets.append(d)
+        if wider:  # same rounded numbers as the JSON; the event is the image's folder
+            from sodlab.metrics.wider import write_wider_image
+
+            rel = f.relative_to(base)
+            name = rel.as_posix() if rel.parent != Path(".") else f"{base.name}/{rel.name}"
+            mine = dets[n_before:]
+            write_wider_image(args.out, name, [d["bbox"] for d in mine],
+                              [d["score"] for d in mine])
         if args.viz:
             keep = out["scores"] >= args.viz_thresh
             pil = draw_detections(image, out["boxes"][keep], out["scores"][keep])
@@ -105,7 +127,9 @@ def run(args) -> int:
 
             with atomic_write(dest, "wb") as fh:
                 pil.save(fh, format="PNG")
-    write_json(args.out, dets, indent=None)
+    if not wider:
+        write_json(args.out, dets, indent=None)
     print(f"{len(dets)} detections on {len(files)} images -> {args.out}"
+          + ("/<event>/<file>.txt" if wider else "")
           + (f"; drawings in {args.viz}" if args.viz else ""))
     return 0

@@ -2,7 +2,10 @@
 
 Layer L4. Reads a ground-truth split folder or ``annotations.json`` and a COCO results
 JSON, prints a table (rows tiny/small/medium/large/all; columns AP, AR, R50, n_gt) and
-writes the metrics with their provenance to ``--out`` as JSON.
+writes the metrics with their provenance to ``--out`` as JSON. ``--protocol wider`` runs
+WIDER FACE's own evaluation instead (``sodlab.metrics.wider``): AP on the easy, medium and
+hard settings from the official val ``.mat`` files in ``--gt-dir``, for a folder of
+WIDER-layout ``.txt`` files or a COCO results JSON.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ buckets use the ground truth's COCO 'area' field with pycocotools' inclusive ran
 AP = COCO AP at IoU 0.50:0.95, AR = recall averaged over IoU 0.50:0.95, R50 = recall at IoU
 0.50, all at 100 detections per image; -1 marks a bucket with no objects.
 
-example:
+--protocol wider: WIDER FACE's own rules (its MATLAB tool's): scores min-max normalised
+over all detections, IoU >= 0.5 with +1-pixel boxes, a detection on a face outside the
+setting neither true nor false positive, 1,000 score thresholds, AP under the interpolated
+precision-recall curve; one AP each for easy, medium and hard.
+
+examples:
   sodlab eval --gt data/synth/quick-seed0/val --dets runs/fpn/dets.json --out metrics.json --errors
+  sodlab eval --protocol wider --gt-dir eval_tools/ground_truth --dets wider_pred/
+  sodlab eval --protocol wider --gt-dir eval_tools/ground_truth --gt wider/val --dets dets.json
 """
 
 
@@ -24,12 +34,20 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate detections by object size (COCO AP/AR, TIDE errors)",
         description="Evaluate COCO-format detections against a ground-truth split, per object "
-        "size bucket.", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gt", required=True, metavar="ANN",
-                   help="ground truth: a split folder or its annotations.json (COCO)")
-    p.add_argument("--dets", required=True, metavar="DETS.json",
+        "size bucket, or by WIDER FACE's own protocol (--protocol wider).", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=("coco", "wider"), default="coco",
+                   help="coco: AP/AR by object size (default); wider: WIDER FACE's "
+                   "easy/medium/hard AP")
+    p.add_argument("--gt", default=None, metavar="ANN",
+                   help="ground truth: a split folder or its annotations.json (COCO); with "
+                   "--protocol wider, what maps a results JSON's image ids to WIDER files "
+                   "(not needed for a .txt folder or results that carry file_name)")
+    p.add_argument("--gt-dir", default=None, metavar="DIR",
+                   help="--protocol wider: folder with wider_face_val.mat and "
+                   "wider_{easy,medium,hard}_val.mat")
+    p.add_argument("--dets", required=True, metavar="DETS.json|DIR",
                    help="detections: a COCO results JSON list (image_id, category_id, bbox, "
-                   "score)")
+                   "score); with --protocol wider also a folder of <event>/<file>.txt")
     p.add_argument("--out", metavar="metrics.json", default=None,
                    help="write the metrics (and errors) with provenance to this JSON file")
     p.add_argument("--errors", action="store_true",
@@ -72,14 +90,57 @@ def format_errors(e: dict) -> str:
     return "\n".join(lines)
 
 
+def format_wider(m: dict) -> str:
+    """WIDER FACE's AP per setting as a fixed-width table."""
+    lines = [f"{'setting':<8} {'AP':>6} {'recall':>7} {'n_faces':>8}"]
+    for s in ("easy", "medium", "hard"):
+        lines.append(f"{s:<8} {_fmt(m[s]):>6} {_fmt(m['recall_' + s]):>7} "
+                     f"{m['n_faces_' + s]:>8d}")
+    lines.append(f"images {m['n_images']} ({m['n_images_with_dets']} with detections)   "
+                 f"detections {m['n_dets']}")
+    return "\n".join(lines)
+
+
+def run_wider(args) -> int:
+    import time
+    from pathlib import Path
+
+    from sodlab.errors import InputError
+    from sodlab.files import sha256_file, write_json
+    from sodlab.metrics.wider import GT_FILE, evaluate_wider
+    from sodlab.provenance import provenance
+
+    if not args.gt_dir:
+        raise InputError("--protocol wider needs --gt-dir (the folder with the official "
+                         "wider_*_val.mat files)")
+    if args.errors:
+        raise InputError("--errors (TIDE) goes with --protocol coco only")
+    t0 = time.perf_counter()
+    metrics = evaluate_wider(args.gt_dir, args.dets, coco_gt=args.gt)
+    print(format_wider(metrics))
+    if args.out:
+        out = {"protocol": "wider", "gt_dir": str(args.gt_dir), "dets": str(args.dets),
+               "metrics": metrics,
+               "provenance": provenance(data_hash=sha256_file(Path(args.gt_dir) / GT_FILE),
+                                        seconds=time.perf_counter() - t0)}
+        write_json(args.out, out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def run(args) -> int:
     import time
     from pathlib import Path
 
+    from sodlab.errors import InputError
     from sodlab.files import sha256_file, write_json
     from sodlab.metrics import error_breakdown, evaluate, load_dets, load_gt
     from sodlab.provenance import provenance
 
+    if args.protocol == "wider":
+        return run_wider(args)
+    if not args.gt:
+        raise InputError("--protocol coco needs --gt (a split folder or annotations.json)")
     t0 = time.perf_counter()
     gt = load_gt(args.gt)
     dets = load_dets(args.dets, gt)
