@@ -19,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -54,7 +55,11 @@ class PageLog:
 
 
 def is_local(url: str) -> bool:
-    return url.startswith(("http://127.0.0.1", "file:", "data:", "blob:", "about:"))
+    """A page's own files, data and blob URLs, and servers on 127.0.0.1."""
+    parts = urlparse(url)
+    if parts.scheme in ("file", "data", "blob", "about"):
+        return True
+    return parts.scheme in ("http", "ws") and parts.hostname == "127.0.0.1"
 
 
 def free_port() -> int:
