@@ -11,16 +11,24 @@ Layer L4. A recipe is part of a run's cache key, so it must be plain JSON. Keys 
   ``[0, null]`` it is plain multi-scale training (MST).
 - ``"sniper": {"scales", "ranges", "chip", "stride"}`` — SNIPER chips (``sodlab.snip.SniperChip``).
 - ``"flip": false`` — no horizontal flips (default on).
+- ``"das": {"p": 0.5, "max_index": null}`` — PyramidBox's data-anchor-sampling
+  (``sodlab.data.transforms.DataAnchorSampling``) replaces ``ResizeLongest`` as the first
+  transform: one face is rescaled to a randomly chosen anchor size and a square
+  ``input_size`` crop is cut around it. The anchor sizes are the detector's own (the
+  preset's paper sizes x ``anchor_scale``), given to ``build_transforms`` by the engine;
+  not with ``snip``/``sniper`` (they rescale themselves too).
 
-Taught in notebooks 02_augmentation and 05_snip_sniper.
+Taught in notebooks 02_augmentation, 05_snip_sniper and 08_pyramidbox.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-RECIPE_KEYS = ("oversample", "oversample_area", "copy_paste", "snip", "sniper", "flip")
+RECIPE_KEYS = ("oversample", "oversample_area", "copy_paste", "snip", "sniper", "flip", "das")
+DAS_KEYS = ("p", "max_index")
 GROUPS = ("batch", "image")
 
 
@@ -28,15 +36,47 @@ def _ranges(spec: dict) -> tuple[tuple[float, float], ...]:
     return tuple((float(lo), math.inf if hi is None else float(hi)) for lo, hi in spec["ranges"])
 
 
+def _flat_sizes(anchor_sizes: Sequence[float] | Sequence[Sequence[float]]) -> list[float]:
+    """The anchor sizes data-anchor-sampling draws from: flattened (one list per level is
+    accepted, as ``sodlab.detector.scaled_anchor_sizes`` gives them), distinct, ascending."""
+    flat = [float(a) for lv in anchor_sizes
+            for a in (lv if isinstance(lv, (list, tuple)) else [lv])]
+    return sorted(set(flat))
+
+
+def _das(spec, *, anchor_sizes, input_size: int):
+    from sodlab.data.transforms import DataAnchorSampling
+    from sodlab.errors import InputError
+
+    if not isinstance(spec, dict):
+        raise InputError(f"recipe das: expected an object like {{\"p\": 0.5}}, got {spec!r}")
+    unknown = set(spec) - set(DAS_KEYS)
+    if unknown:
+        raise InputError(f"recipe das: unknown keys {sorted(unknown)}; valid: {list(DAS_KEYS)}")
+    if not anchor_sizes:
+        raise InputError("recipe das needs the detector's anchor sizes (build_transforms("
+                         "..., anchor_sizes=...); the engine passes the config's own)")
+    try:
+        return DataAnchorSampling(_flat_sizes(anchor_sizes), input_size,
+                                  p=float(spec.get("p", 0.5)), max_index=spec.get("max_index"))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"recipe das: {exc}") from None
+
+
 def build_transforms(recipe: dict | None, *, input_size: int,
-                     train_split: str | Path) -> dict:
+                     train_split: str | Path,
+                     anchor_sizes: Sequence[float] | Sequence[Sequence[float]] | None = None,
+                     ) -> dict:
     """The whole training transform chain of a recipe, built in one place.
 
     Returns ``{"transforms": [...], "oversample": repeats or None, "with_masks": bool,
     "batch_scales": n or None}``:
     ``ResizeLongest(input_size)`` then flips and copy-paste, or SNIP/SNIPER's own rescaling
-    transform first (they resize themselves); ``oversample`` is a repeat count per training
-    image (``sodlab.augment.oversample_repeats``); ``with_masks``: copy-paste needs masks;
+    transform first (they resize themselves), or with ``das`` PyramidBox's
+    ``DataAnchorSampling`` first, drawing from ``anchor_sizes`` (the detector's scaled
+    sizes, flat or one list per level; only ``das`` reads them); ``oversample`` is a
+    repeat count per training image (``sodlab.augment.oversample_repeats``);
+    ``with_masks``: copy-paste needs masks;
     ``batch_scales``: SNIP/MST with ``group: batch`` — the engine draws one of this many
     scales per batch (``sodlab.engine.train.scale_grouped``).
     """
@@ -52,13 +92,17 @@ def build_transforms(recipe: dict | None, *, input_size: int,
         raise InputError(f"unknown recipe keys {sorted(unknown)}; valid: {list(RECIPE_KEYS)}")
     if recipe.get("snip") and recipe.get("sniper"):
         raise InputError("a recipe takes 'snip' or 'sniper', not both")
+    if recipe.get("das") is not None and (recipe.get("snip") or recipe.get("sniper")):
+        raise InputError("a recipe takes 'das' or 'snip'/'sniper', not both (each rescales "
+                         "the image itself)")
     chain: list = [RandomHFlip()] if recipe.get("flip", True) else []
     with_masks = False
     if recipe.get("copy_paste") is not None:
         kw = dict(recipe["copy_paste"])
         chain.append(CopyPaste(p=float(kw.pop("p", 0.5)), **kw))
         with_masks = True
-    first = ResizeLongest(input_size)
+    first = ResizeLongest(input_size) if recipe.get("das") is None else \
+        _das(recipe["das"], anchor_sizes=anchor_sizes, input_size=input_size)
     batch_scales = None
     for key, cls in (("snip", SnipScale), ("sniper", SniperChip)):
         if recipe.get(key):

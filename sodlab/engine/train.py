@@ -196,16 +196,19 @@ def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05,
 
 
 def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size: int,
-                  context_keys: Sequence[str] = ()) -> torch.utils.data.Dataset:
+                  context_keys: Sequence[str] = (),
+                  anchor_sizes: Sequence | None = None) -> torch.utils.data.Dataset:
     """The training dataset of a split with the recipe's transform chain (and oversampling).
 
     SNIP/MST recipes that group scales by batch come wrapped in ``ScaleGrouped``: give it
-    ``(index, scale index)`` items (``scale_grouped`` makes such batches).
+    ``(index, scale index)`` items (``scale_grouped`` makes such batches). ``anchor_sizes``:
+    the detector's scaled anchor sizes, which the ``das`` recipe draws from.
     """
     from sodlab.engine.recipes import build_transforms
 
     split_dir = Path(split_dir)
-    spec = build_transforms(tcfg.recipe, input_size=input_size, train_split=split_dir)
+    spec = build_transforms(tcfg.recipe, input_size=input_size, train_split=split_dir,
+                            anchor_sizes=anchor_sizes)
     keys = tuple(dict.fromkeys([*context_keys, *(("head_bbox", "body_bbox")
                                                   if spec["with_masks"] else ())]))
     ds = DetectionDataset(split_dir, seed=tcfg.seed, with_masks=spec["with_masks"],
@@ -533,8 +536,12 @@ def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: to
 
     probe = DetectionDataset(root / "train")
     cfg = _build_config(cfg, probe.num_classes, overrides)
+    from sodlab.detector import scaled_anchor_sizes
+
     ds = build_dataset(root / "train", tcfg, input_size=cfg.input_size,
-                       context_keys=tuple(getattr(cfg, "context_keys", ()) or ()))
+                       context_keys=tuple(getattr(cfg, "context_keys", ()) or ()),
+                       anchor_sizes=scaled_anchor_sizes(cfg) if hasattr(cfg, "anchor_scale")
+                       else None)
     precision = resolve_precision(tcfg.precision, dev)
     torch.manual_seed(tcfg.seed)
     model = prepare_model(build_model(cfg).to(dev), precision)
