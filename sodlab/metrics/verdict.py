@@ -187,7 +187,7 @@ def decide(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> Decision:
         if len(diffs) < min_seeds:
             return out(UNCLEAR, f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''} and no "
                                 f"intervals: the seeds alone decide only from {min_seeds}")
-        return out(word, f"all {len(diffs)} seeds agree (no intervals)")
+        return out(word, f"all {len(diffs)} seeds agree")
     if apart == 0:
         return out(UNCLEAR, "the intervals overlap")
     if apart != sign:
