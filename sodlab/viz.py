@@ -8,6 +8,8 @@ Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
 - ``draw_boxes(ax, boxes, areas=None, ...)``: ``[N, 4]`` xyxy pixel boxes, outlined in the
   colour of their size bucket (``bucket_of(area)``; area = the COCO ``area`` field when given,
   else the box area), optional labels and scores; returns the patches drawn.
+- ``draw_relations(ax, boxes, strength)``: lines between box centres, as wide as the
+  attention ``strength [N, N]`` between them (relation modules, notebook 09).
 - ``bucket_legend(ax)``: a legend of the bucket colours with their area ranges.
 - ``BUCKET_COLORS`` (hex) and ``BUCKET_RGB`` (8-bit tuples): the one set of bucket colours.
 - ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
@@ -112,6 +114,32 @@ def draw_boxes(ax, boxes, areas=None, *, labels: Sequence[str] | None = None,
         if text:
             ax.text(x1, y1 - 1, " ".join(text), color=c, fontsize=fontsize, va="bottom")
     return patches
+
+
+def draw_relations(ax, boxes, strength, *, min_strength: float = 0.02,
+                   max_width: float = 6.0, color: str = "#17becf", symmetric: bool = True):
+    """Lines between the centres of ``boxes [N, 4]``, width and opacity by ``strength [N, N]``.
+
+    ``strength[i, j]``: how much box i attends to box j (``symmetric``: the mean of both
+    directions, one line per pair). Pairs below ``min_strength`` are not drawn; the
+    strongest pair gets ``max_width``. Returns the lines drawn, strongest last.
+    """
+    ax = _axes(ax)
+    b = _np(boxes).reshape(-1, 4).astype(np.float64)  # [N, 4]
+    w = _np(strength).astype(np.float64).reshape(len(b), len(b))  # [N, N]
+    if symmetric:
+        w = 0.5 * (w + w.T)
+    c = 0.5 * (b[:, :2] + b[:, 2:])  # [N, 2] centres
+    pairs = [(w[i, j], i, j) for i in range(len(b)) for j in range(len(b))
+             if i != j and (not symmetric or i < j) and w[i, j] >= min_strength]
+    top = max((p[0] for p in pairs), default=1.0)
+    lines = []
+    for v, i, j in sorted(pairs):
+        (line,) = ax.plot([c[i, 0], c[j, 0]], [c[i, 1], c[j, 1]], color=color,
+                          linewidth=max_width * v / top, alpha=min(1.0, 0.3 + 0.7 * v / top),
+                          solid_capstyle="round")
+        lines.append(line)
+    return lines
 
 
 def bucket_legend(ax, *, loc: str = "upper right", fontsize: float = 8):

@@ -377,3 +377,24 @@ def test_group_attention_without_groups_or_faces():
     assert got["self pairs"] == 0
     with pytest.raises(InputError):
         dup.group_attention(torch.ones(2, 2, 2, 2), torch.zeros(2), torch.zeros(1))
+
+
+def test_draw_relations_one_line_per_strong_pair_widths_by_strength():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sodlab.viz import draw_relations
+
+    boxes = torch.tensor([[0., 0., 2., 2.], [10., 0., 12., 2.], [0., 10., 2., 12.]])
+    strength = torch.tensor([[0.5, 0.4, 0.0], [0.2, 0.5, 0.01], [0.1, 0.01, 0.8]])
+    fig, ax = plt.subplots()
+    lines = draw_relations(ax, boxes, strength, min_strength=0.02, max_width=4.0)
+    # pairs (0, 1): 0.3, (0, 2): 0.05, (1, 2): 0.01 (below the minimum); weakest first
+    assert len(lines) == 2
+    assert [ln.get_linewidth() for ln in lines] == pytest.approx([4.0 * 0.05 / 0.3, 4.0])
+    assert list(lines[1].get_xdata()) == [1.0, 11.0] and list(lines[1].get_ydata()) == [1.0, 1.0]
+    directed = draw_relations(ax, boxes, strength, symmetric=False, min_strength=0.15)
+    assert len(directed) == 2  # 0 -> 1 (0.4) and 1 -> 0 (0.2)
+    plt.close(fig)
