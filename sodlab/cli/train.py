@@ -4,6 +4,8 @@ Layer L4. Wraps ``sodlab.engine.train``. Budgets: ``--max-steps`` or ``--epochs`
 seen = steps x batch, the budget techniques are compared by), or ``--max-seconds`` (wall
 clock, for comparisons with other tools). Exit 2 for bad input, 3 when the loss diverges.
 Under ``torchrun --nproc_per_node=K -m sodlab train ...`` it trains data-parallel.
+With ``--base BASE/best.pt --stage-two JSON`` it trains a second stage (a RoI head, or the
+Perceptual GAN head) on that trained, frozen base (``sodlab.engine.stage_two``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ examples:
   sodlab train --preset fpn --data my_root --out runs/fpn --max-steps 300 --resume
   torchrun --nproc_per_node=2 -m sodlab train --preset fpn --data my_root --out runs/ddp \\
       --max-steps 300 --batch-size 4     # 2 processes x 4 = the images of --batch-size 8
+  sodlab train --preset fpn --data my_root --out runs/pgan --base runs/fpn/best.pt \\
+      --stage-two '{"kind": "pgan"}' --max-steps 200   # a second stage on a trained base
 a dataset root holds train/ and val/ split folders (annotations.json + images/).
+stage-two specs (JSON): {"kind": "roi"} a RoI head (keys relation, relation_heads,
+learned_nms); {"kind": "pgan"} Perceptual GAN (keys adversarial, blocks,
+collapse_patience); both: proposals, proposal_thresh, fc, pool.
 """
 
 
@@ -55,6 +62,13 @@ def register(sub) -> None:
                    help="override a config field (repeatable; values parsed as JSON)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--base", metavar="CKPT", default=None,
+                   help="a trained single-shot detector's checkpoint (BASE_RUN/best.pt): "
+                   "train a second stage on it, frozen (needs --stage-two)")
+    p.add_argument("--stage-two", metavar="JSON", default=None,
+                   help="the second stage's spec, e.g. '{\"kind\": \"roi\"}' or "
+                   "'{\"kind\": \"pgan\", \"adversarial\": false}' (needs --base; "
+                   "the base's config is kept, so no --set)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -83,6 +97,29 @@ def run(args) -> int:
             raise InputError(f"--recipe {args.recipe!r}: not JSON ({exc})") from None
         if not isinstance(recipe, dict):
             raise InputError(f"--recipe {args.recipe!r}: expected a JSON object")
+    if (args.base is None) != (args.stage_two is None):
+        raise InputError("--base and --stage-two go together: a second stage needs a trained "
+                         "base checkpoint and a spec")
+    if args.base is not None and args.overrides:
+        raise InputError("--set cannot change a base's config; a second stage keeps it")
+    if args.base is not None:
+        from sodlab.engine.stage_two import train_stage_two
+
+        try:
+            summary = train_stage_two(
+                args.base, args.data, args.out, args.stage_two, preset=args.preset,
+                max_steps=args.max_steps, epochs=args.epochs, max_seconds=args.max_seconds,
+                batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                seed=args.seed, device=args.device, resume=args.resume,
+                progress=not args.no_progress, val_every=args.val_every,
+                num_workers=args.workers, precision=args.precision, recipe=recipe)
+        except TrainingDiverged as exc:
+            print(f"sodlab: training diverged: {exc}", file=sys.stderr)
+            return 3
+        if rank == 0:
+            print(f"trained a second stage on {args.base}: {summary_line(summary)}")
+            print(f"wrote {args.out}/best.pt, last.pt, log.jsonl, config.json")
+        return 0
     try:
         summary = train(args.preset, args.data, args.out, max_steps=args.max_steps,
                         epochs=args.epochs, max_seconds=args.max_seconds,

@@ -7,6 +7,8 @@ Layer L4. Names are re-exported lazily, except ``train`` (whose submodule has th
 - ``checkpoint``: ``save_checkpoint``, ``load_checkpoint``.
 - ``cache``: ``cached_train``, ``run_key``, ``cache_root``.
 - ``budgets``: ``standard_budget``, ``images_seen``.
+- ``stage_two``: ``cached_stage_two``, ``build_stage_two``, ``load_stage_two``,
+  ``train_stage_two``, ``stage_two_budget``, ``parse_stage_two`` (a second stage on a base).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "cached_train": "cache", "run_key": "cache", "cache_root": "cache",
     "standard_budget": "budgets", "images_seen": "budgets",
+    "cached_stage_two": "stage_two", "build_stage_two": "stage_two",
+    "load_stage_two": "stage_two", "train_stage_two": "stage_two",
+    "stage_two_budget": "stage_two", "parse_stage_two": "stage_two",
 }
 
 __all__ = sorted([*_EXPORTS, "train"])

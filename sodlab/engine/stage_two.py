@@ -1,0 +1,309 @@
+"""A second stage on a trained single-shot detector: spec, build, train through the run cache, load.
+
+Layer L4. A stage two is a ``sodlab.models.roi_head.TwoStageDetector``: the trained base
+detector, frozen, proposes its top-k boxes and a RoI head refines them. What the head is
+comes from a **spec**, a plain JSON dict that is part of the run-cache key (so it must
+name everything that makes two second stages differ). Keys, with their defaults:
+
+- every kind: ``proposals`` 100 (the base's top-k boxes per image), ``proposal_thresh``
+  0.01 (the base's score threshold while it proposes; its own default 0.05 lets few boxes
+  through after a short training), ``fc`` 256 (FC width), ``pool`` 7 (RoI side).
+- ``{"kind": "roi"}``: a Fast R-CNN head; ``relation`` 0 (relation modules after each FC
+  layer), ``relation_heads`` 16, ``learned_nms`` false (Relation Networks, notebook 09).
+- ``{"kind": "pgan"}``: the Perceptual GAN head of ``sodlab.models.gan`` (notebook 07);
+  ``adversarial`` true (false: the capacity control, the generator trained by the
+  perception loss only), ``blocks`` 3 (residual blocks of the generator),
+  ``collapse_patience`` 100 (discriminator steps at accuracy 0 or 1 before training
+  stops; 0: never).
+
+``parse_stage_two`` fills the defaults, so ``{"kind": "roi"}`` and ``{"kind": "roi",
+"relation": 0}`` are one cache entry; an unknown kind or key, or a value of the wrong
+type, is an ``InputError``.
+
+One engine: ``cached_stage_two`` gets the base from ``cached_train(preset, ...)`` with the
+shared budget (``standard_budget``), then trains the second stage with the same
+``cached_train`` (``build_model`` wraps the cached base, ``extra`` records the spec and the
+base's cache key), so the same ``train_step`` trains both and every result lands in one
+cache. ``train_stage_two`` does the same from a base checkpoint file (``sodlab train
+--base BASE/best.pt --stage-two JSON``). A stage-two checkpoint holds the base's weights
+too; ``load_stage_two`` rebuilds the whole detector from it, and evaluation goes through
+the one inference path (``sodlab.engine.predict.detect_batch``).
+
+Shapes: images ``[B, 3, Hp, Wp]``; proposals per image ``[N_b, 4]`` xyxy input pixels.
+Dimension legend: B images, N_b proposals of image b, Hp x Wp padded input size.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sodlab.errors import InputError
+
+_COMMON = {"proposals": 100, "proposal_thresh": 0.01, "fc": 256, "pool": 7}
+SPEC_DEFAULTS: dict[str, dict] = {
+    "roi": {**_COMMON, "relation": 0, "relation_heads": 16, "learned_nms": False},
+    "pgan": {**_COMMON, "adversarial": True, "blocks": 3, "collapse_patience": 100},
+}
+# Integers >= 0 unless listed in _POSITIVE; floats in [0, 1); booleans.
+_POSITIVE = {"proposals", "fc", "pool", "relation_heads"}
+_FLOATS = {"proposal_thresh"}
+_BOOLS = {"learned_nms", "adversarial"}
+
+# The second stage's own budget (steps x batch at the base's input size), shared by the
+# notebooks on two-stage refinement (07, 09) so their common runs hit one cache entry.
+STAGE_TWO_QUICK = {"max_steps": 20, "batch_size": 4}
+STAGE_TWO_FULL = {"max_steps": 200, "batch_size": 8}
+
+
+def stage_two_budget(*, quick: bool) -> dict:
+    """``{"max_steps", "batch_size"}`` of a second stage in quick or full mode."""
+    return dict(STAGE_TWO_QUICK if quick else STAGE_TWO_FULL)
+
+
+def parse_stage_two(spec: dict | str) -> dict:
+    """A validated spec with every default filled in (a JSON string is parsed first)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as exc:
+            raise InputError(f"stage-two spec {spec!r}: not JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"stage-two spec: expected a JSON object, got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in SPEC_DEFAULTS:
+        raise InputError(f"stage-two spec {spec!r}: 'kind' must be one of "
+                         f"{sorted(SPEC_DEFAULTS)}")
+    defaults = SPEC_DEFAULTS[kind]
+    unknown = set(spec) - set(defaults) - {"kind"}
+    if unknown:
+        raise InputError(f"stage-two spec: unknown keys {sorted(unknown)} for kind {kind!r}; "
+                         f"valid: {sorted(defaults)}")
+    out = {"kind": kind, **defaults}
+    for key, value in spec.items():
+        if key == "kind":
+            continue
+        if key in _BOOLS:
+            ok = isinstance(value, bool)
+        elif key in _FLOATS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                0.0 <= value < 1.0
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and \
+                value >= (1 if key in _POSITIVE else 0)
+        if not ok:
+            want = ("true or false" if key in _BOOLS else "a number in [0, 1)" if key in _FLOATS
+                    else "an integer >= 1" if key in _POSITIVE else "an integer >= 0")
+            raise InputError(f"stage-two spec: {key!r} must be {want}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def build_stage_two(base_model, spec: dict | str, *, num_classes: int):
+    """A ``TwoStageDetector`` around ``base_model`` (frozen) with the head the spec names.
+
+    ``base_model``: a trained single-shot ``sodlab.detector.Detector``; its config is
+    replaced by a copy with ``score_thresh = spec["proposal_thresh"]`` (the caller's config
+    object is not changed). The head's weights come from the current torch RNG.
+    """
+    from sodlab.models.roi_head import RoIHead, TwoStageDetector
+
+    spec = parse_stage_two(spec)
+    base_model.cfg = dataclasses.replace(base_model.cfg, score_thresh=spec["proposal_thresh"])
+    width = int(base_model.cfg.width)
+    if spec["kind"] == "roi":
+        head = RoIHead(width, num_classes, pool=spec["pool"], fc=spec["fc"],
+                       relation=spec["relation"], relation_heads=spec["relation_heads"],
+                       learned_nms=spec["learned_nms"])
+    else:
+        from sodlab.models.gan import PerceptualGANHead
+
+        head = PerceptualGANHead(width, num_classes, pool=spec["pool"], fc=spec["fc"],
+                                 blocks=spec["blocks"], adversarial=spec["adversarial"],
+                                 collapse_patience=spec["collapse_patience"])
+    model = TwoStageDetector(base_model, head, proposals=spec["proposals"], freeze_base=True)
+    model.stage_two_spec = spec
+    return model
+
+
+def stage_two_of(ckpt: dict) -> dict | None:
+    """The spec a checkpoint dict was trained with, or None for a single-shot checkpoint."""
+    extra = (ckpt.get("train") or {}).get("extra") or {}
+    spec = extra.get("stage_two")
+    return parse_stage_two(spec) if spec is not None else None
+
+
+def _base_checkpoint(path: str | os.PathLike) -> dict:
+    from sodlab.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if stage_two_of(ckpt) is not None:
+        raise InputError(f"{path}: a stage-two checkpoint; the base must be a single-shot "
+                         f"detector's checkpoint (its own best.pt)")
+    return ckpt
+
+
+def stage_two_builder(base_checkpoint: str | os.PathLike | dict, spec: dict | str
+                      ) -> Callable[[Any], Any]:
+    """``build_model(cfg)`` for ``train``/``cached_train``: the base of a checkpoint, wrapped.
+
+    ``cfg`` must be the base's own config (the checkpoint's); anything else is refused.
+    """
+    from sodlab.engine.checkpoint import build_from_checkpoint, config_dict, upgrade_config
+
+    ckpt = base_checkpoint if isinstance(base_checkpoint, dict) else \
+        _base_checkpoint(base_checkpoint)
+    spec = parse_stage_two(spec)
+    base_cfg = upgrade_config(ckpt)
+
+    def build(cfg):
+        if config_dict(cfg) != base_cfg:
+            changed = sorted(k for k in base_cfg if config_dict(cfg).get(k) != base_cfg[k])
+            raise InputError(f"the second stage's detector config differs from its base's "
+                             f"in {changed}; a stage two keeps the base's config")
+        base = build_from_checkpoint(ckpt, "cpu")
+        return build_stage_two(base, spec, num_classes=cfg.num_classes)
+
+    return build
+
+
+def check_stage_two_data(spec: dict | str, data_root: str | os.PathLike, *, input_size: int) -> None:
+    """InputError before training when the data cannot train this second stage.
+
+    Perceptual GAN: its discriminator's real examples are large objects, so the training
+    split needs at least one box of ``sodlab.models.gan.LARGE_AREA`` px² or more at
+    ``input_size``.
+    """
+    spec = parse_stage_two(spec)
+    if spec["kind"] != "pgan":
+        return
+    from sodlab.data.coco import load_coco
+    from sodlab.models.gan import LARGE_AREA, count_large
+
+    split = Path(data_root) / "train"
+    n = count_large(load_coco(split), input_size=input_size)
+    if n == 0:
+        side = LARGE_AREA ** 0.5
+        raise InputError(f"{split / 'annotations.json'}: no object is large enough for the "
+                         f"Perceptual GAN's discriminator (box area >= {side:g}² px once the "
+                         f"image's longer side is {input_size} px); it needs large objects "
+                         f"as its real examples")
+
+
+def _collapse_as_divergence(fn, *args, **kwargs):
+    from sodlab.engine.train import TrainingDiverged
+    from sodlab.models.gan import GANCollapsed
+
+    try:
+        return fn(*args, **kwargs)
+    except GANCollapsed as exc:
+        raise TrainingDiverged(str(exc)) from exc
+
+
+def cached_stage_two(preset: str, data_root: str | os.PathLike, spec: dict | str, *,
+                     seed: int, quick: bool, progress: bool = False,
+                     overrides: Sequence[str] | dict = (), budget: dict | None = None,
+                     base_budget: dict | None = None, device: str = "cpu",
+                     precision: str = "auto") -> tuple[Path, dict]:
+    """Train (once per key) a second stage on the cached base; (checkpoint path, summary).
+
+    The base is ``cached_train(preset, data_root, **(base_budget or
+    standard_budget(preset, quick=quick)))`` with ``overrides`` added to the budget's; the
+    second stage trains ``budget or stage_two_budget(quick=quick)`` on the same config, keyed
+    by ``extra={"stage_two": spec, "base_key": <the base's cache key>}``. The summary gains
+    ``"base"``: the base's checkpoint, key and validation metrics. ``TrainingDiverged``
+    when the loss turns non-finite or a Perceptual GAN's discriminator collapses.
+    """
+    from sodlab.detector import parse_overrides
+    from sodlab.engine.budgets import standard_budget
+    from sodlab.engine.cache import cached_train
+
+    spec = parse_stage_two(spec)
+    base_budget = copy.deepcopy(base_budget or standard_budget(preset, quick=quick))
+    merged = {**parse_overrides(base_budget.get("overrides") or {}),
+              **parse_overrides(overrides)}
+    base_budget["overrides"] = merged
+    base_ckpt, base_summary = cached_train(preset, data_root, seed=seed, quick=quick,
+                                           progress=progress, device=device,
+                                           precision=precision, **base_budget)
+    budget = dict(budget or stage_two_budget(quick=quick))
+    if budget.pop("overrides", None) not in (None, {}, merged):
+        raise InputError("the second stage's budget cannot change the detector config "
+                         "(its overrides must be the base's)")
+    input_size = int(base_summary["config"]["input_size"])
+    check_stage_two_data(spec, data_root, input_size=input_size)
+    ckpt, summary = _collapse_as_divergence(
+        cached_train, preset, data_root, overrides=merged, seed=seed, quick=quick,
+        progress=progress, device=device, precision=precision,
+        build_model=stage_two_builder(base_ckpt, spec),
+        extra={"stage_two": spec, "base_key": base_summary["key"]}, **budget)
+    summary["base"] = {"checkpoint": str(base_ckpt), "key": base_summary["key"],
+                       "metrics": base_summary.get("metrics")}
+    return ckpt, summary
+
+
+def train_stage_two(base_checkpoint: str | os.PathLike, data_root: str | os.PathLike,
+                    out_dir: str | os.PathLike, spec: dict | str, tcfg=None, *,
+                    preset: str | None = None, device: str = "auto", resume: bool = False,
+                    progress: bool = True, **fields: Any) -> dict:
+    """Train a second stage on a base checkpoint file into ``out_dir``; the training summary.
+
+    ``preset``: if given, the base's preset must be this one. ``tcfg`` / ``fields``: the
+    training arguments, as for ``sodlab.engine.train.train``; the spec and the base
+    checkpoint's path are recorded in ``train.extra``.
+    """
+    from sodlab.detector import config_from_dict
+    from sodlab.engine.checkpoint import upgrade_config
+    from sodlab.engine.train import train, train_config
+
+    spec = parse_stage_two(spec)
+    ckpt = _base_checkpoint(base_checkpoint)
+    cfg = config_from_dict(upgrade_config(ckpt))
+    if preset is not None and cfg.preset != preset:
+        raise InputError(f"--base {base_checkpoint}: a {cfg.preset!r} detector, but --preset "
+                         f"is {preset!r}")
+    check_stage_two_data(spec, data_root, input_size=cfg.input_size)
+    tcfg = copy.deepcopy(train_config(tcfg, **fields))
+    tcfg.extra = {**tcfg.extra, "stage_two": spec, "base_checkpoint": str(base_checkpoint)}
+    return _collapse_as_divergence(train, cfg, data_root, out_dir, tcfg, device=device,
+                                   resume=resume, progress=progress,
+                                   build_model=stage_two_builder(ckpt, spec))
+
+
+def load_stage_two(checkpoint: str | os.PathLike, device: str = "cpu"):
+    """A ``sodlab.engine.predict.Predictor`` of a stage-two checkpoint (file or run folder).
+
+    The base and the head are rebuilt from what the checkpoint records (config, spec,
+    weights of both); a single-shot checkpoint is refused (``load_detector`` reads those).
+    """
+    from sodlab.detector import build_detector
+    from sodlab.engine.checkpoint import build_from_checkpoint, load_checkpoint
+    from sodlab.engine.predict import Predictor
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = stage_two_of(ckpt)
+    if spec is None:
+        raise InputError(f"{checkpoint}: a single-shot detector's checkpoint, not a stage-two "
+                         f"one; load it with sodlab.engine.load_detector")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def build(cfg):
+        return build_stage_two(build_detector(cfg), spec, num_classes=cfg.num_classes)
+
+    model = build_from_checkpoint(ckpt, device, build_model=build)
+    return Predictor(model, input_size=ckpt["config"]["input_size"], cat_ids=ckpt["cat_ids"],
+                     categories=ckpt.get("categories", ()), config=ckpt["config"])
+
+
+__all__ = ["SPEC_DEFAULTS", "STAGE_TWO_QUICK", "STAGE_TWO_FULL", "stage_two_budget",
+           "parse_stage_two", "build_stage_two", "stage_two_of", "stage_two_builder", "check_stage_two_data",
+           "cached_stage_two", "train_stage_two", "load_stage_two"]
