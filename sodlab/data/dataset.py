@@ -52,16 +52,25 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return seeded_generator(seed, epoch, index)
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as float32 RGB ``[3, H, W]`` in [0, 1]; InputError if unreadable."""
+def read_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]``; InputError if unreadable."""
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(to_rgb8(im))  # [H, W, 3] uint8
+            return np.array(to_rgb8(im))  # [H, W, 3] uint8
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read image ({exc})") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)  # [3, H, W]
+
+
+def rgb8_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in [0, 1] (a new tensor)."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as float32 RGB ``[3, H, W]`` in [0, 1]; InputError if unreadable."""
+    return rgb8_to_tensor(read_rgb8(path))  # [3, H, W]
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -71,11 +80,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     beside it. ``context_keys`` names extra per-annotation xywh boxes to return (e.g.
     ``("head_bbox", "body_bbox")`` -> ``target["head_boxes"]``, ``target["body_boxes"]``,
     ``[N, 4]`` xyxy, NaN where an annotation lacks the key).
+
+    ``cache_mb``: keep up to this many MiB of decoded uint8 images in memory, so epochs after
+    the first skip decoding (training over a small dataset decodes each image once; in a
+    DataLoader worker the cache is that worker's own). The pixels are the same either way.
     """
 
     def __init__(self, split_dir: str | os.PathLike, *, transforms: Transform | None = None,
                  with_masks: bool = False, seed: int = 0,
-                 context_keys: Sequence[str] = ()) -> None:
+                 context_keys: Sequence[str] = (), cache_mb: float = 0) -> None:
         self.ann_path = annotations_path(split_dir)
         self.split_dir = self.ann_path.parent
         self.images_dir = self.split_dir / "images"
@@ -85,6 +98,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.context_keys = tuple(context_keys)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
         self.categories = sorted(self.coco["categories"], key=lambda c: c["id"])
         self.cat_ids = [int(c["id"]) for c in self.categories]
         self.cat_index = {cid: i for i, cid in enumerate(self.cat_ids)}
@@ -157,7 +173,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Item ``index`` with its random transforms drawn from ``g``."""
         info = self.images[index]
         path = self.images_dir / info["file_name"]
-        image = read_image(path)  # [3, H, W]
+        rgb = self._cache.get(index)
+        if rgb is None:
+            rgb = read_rgb8(path)  # [H, W, 3] uint8
+            if self._cached_bytes + rgb.nbytes <= self.cache_bytes:
+                self._cache[index] = rgb
+                self._cached_bytes += rgb.nbytes
+        image = rgb8_to_tensor(rgb)  # [3, H, W]
         _, h, w = image.shape
         if ("width" in info and int(info["width"]) != w) or (
                 "height" in info and int(info["height"]) != h):

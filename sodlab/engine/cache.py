@@ -72,7 +72,7 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
                        val_every=val_every, extra=dict(extra or {}),
                        precision=resolve_precision(precision, resolve_device(device)))
     keyed = {k: v for k, v in tcfg.to_dict().items() if k not in ("val_every", "num_workers",
-                                                                  "save_every")}
+                                                                  "save_every", "image_cache_mb")}
     key = run_key(config_dict(cfg), keyed, data_hash_of(root))
     run_dir = (Path(cache_dir) if cache_dir else cache_root()) / key
     summary_path = run_dir / SUMMARY

@@ -106,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     save_every: int = 100
+    image_cache_mb: float = 2048.0  # decoded images kept in memory (speed only)
     extra: dict = field(default_factory=dict)  # recorded, not interpreted (e.g. a base model)
 
     def __post_init__(self) -> None:
@@ -125,8 +126,8 @@ class TrainConfig:
             raise InputError(f"optimizer {self.optimizer!r}: expected adamw or sgd")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision {self.precision}: expected {', '.join(PRECISIONS)}")
-        if self.num_workers < 0 or self.val_every < 0 or self.save_every < 0:
-            raise InputError("num_workers, val_every and save_every must be >= 0")
+        if min(self.num_workers, self.val_every, self.save_every, self.image_cache_mb) < 0:
+            raise InputError("num_workers, val_every, save_every and image_cache_mb must be >= 0")
         if not self.recipe:
             self.recipe = None  # {} and None both mean "the default chain": one cache key
         else:
@@ -212,7 +213,8 @@ def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size
     keys = tuple(dict.fromkeys([*context_keys, *(("head_bbox", "body_bbox")
                                                   if spec["with_masks"] else ())]))
     ds = DetectionDataset(split_dir, seed=tcfg.seed, with_masks=spec["with_masks"],
-                          context_keys=keys, transforms=Compose(spec["transforms"]))
+                          context_keys=keys, transforms=Compose(spec["transforms"]),
+                          cache_mb=tcfg.image_cache_mb)
     if spec["oversample"] is not None:
         from sodlab.augment import RepeatedDataset
 
@@ -536,12 +538,14 @@ def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: to
 
     probe = DetectionDataset(root / "train")
     cfg = _build_config(cfg, probe.num_classes, overrides)
-    from sodlab.detector import scaled_anchor_sizes
+    anchor_sizes = None
+    if hasattr(cfg, "anchor_scale"):  # a DetectorConfig (tests and baselines may use others)
+        from sodlab.detector import scaled_anchor_sizes
 
+        anchor_sizes = scaled_anchor_sizes(cfg)
     ds = build_dataset(root / "train", tcfg, input_size=cfg.input_size,
                        context_keys=tuple(getattr(cfg, "context_keys", ()) or ()),
-                       anchor_sizes=scaled_anchor_sizes(cfg) if hasattr(cfg, "anchor_scale")
-                       else None)
+                       anchor_sizes=anchor_sizes)
     precision = resolve_precision(tcfg.precision, dev)
     torch.manual_seed(tcfg.seed)
     model = prepare_model(build_model(cfg).to(dev), precision)
