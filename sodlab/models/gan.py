@@ -268,7 +268,7 @@ class PerceptualGANHead(RoIHead):
 
     def _record(self, terms: dict[str, torch.Tensor]) -> None:
         if torch.is_grad_enabled():  # a training step, not an evaluation of the loss
-            row = {k: float(v) for k, v in terms.items()}
+            row = {k: float(v.detach()) for k, v in terms.items()}
             self._history.append([row.get(c, math.nan) for c in HISTORY_COLUMNS])
             self.gan_step.add_(1)
 
