@@ -35,7 +35,8 @@ def figure_png(fig, *, dpi: float | None = None, close: bool = True) -> bytes:
     otherwise show it a second time, as a static output under the cell.
     """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi or fig.dpi)
+    # white behind the axes: readable on a dark notebook theme too
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, facecolor="white")
     if close:
         import matplotlib.pyplot as plt
 
