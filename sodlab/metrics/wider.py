@@ -302,6 +302,7 @@ def coco_to_wider(dets: list | str | os.PathLike, gt: WiderGT,
     --format wider`` wrote). Every category counts as a face. Images are matched by their
     ``<event>/<file>`` name (the extension is ignored).
     """
+    from sodlab.data.coco import load_coco
     from sodlab.metrics.coco import _read_json
 
     src = dets if isinstance(dets, list) else _read_json(dets, "detections")
@@ -314,9 +315,9 @@ def coco_to_wider(dets: list | str | os.PathLike, gt: WiderGT,
     id_to_name: dict[int, str] | None = None
     gname = ""
     if coco_gt is not None:
-        cg = coco_gt if isinstance(coco_gt, dict) else _read_json(coco_gt, "annotations")
+        cg = coco_gt if isinstance(coco_gt, dict) else load_coco(coco_gt)
         gname = "ground truth" if isinstance(coco_gt, dict) else str(coco_gt)
-        if not isinstance(cg, dict) or not isinstance(cg.get("images"), list):
+        if not isinstance(cg.get("images"), list):
             raise InputError(f"{gname}: not a COCO dict (needs a list 'images')")
         id_to_name = {}
         for k, im in enumerate(cg["images"]):
