@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from test_engine import CATS, make_split
 
+from sodlab.detector import build_detector, make_config
 from sodlab.engine.checkpoint import load_checkpoint
 from sodlab.engine.stage_two import (
     SPEC_DEFAULTS,
@@ -19,6 +20,7 @@ from sodlab.engine.stage_two import (
     check_stage_two_data,
     load_stage_two,
     parse_stage_two,
+    roi_features,
     stage_two_of,
 )
 from sodlab.errors import InputError
@@ -78,8 +80,6 @@ def test_spec_defaults_and_refusals():
 
 
 def test_build_keeps_the_callers_config_and_freezes_the_base():
-    from sodlab.detector import build_detector, make_config
-
     base = build_detector(make_config("fpn", num_classes=2, overrides={"input_size": 64}))
     cfg = base.cfg
     model = build_stage_two(base, {"kind": "roi", "proposal_thresh": 0.2}, num_classes=2)
@@ -166,3 +166,38 @@ def test_pgan_needs_large_objects(root, tmp_path):
     with pytest.raises(InputError):
         check_stage_two_data({"kind": "pgan"}, tmp_path, input_size=64)
     check_stage_two_data({"kind": "pgan"}, tmp_path, input_size=80)  # 50 px at 80 px: large
+
+
+def test_pgan_stage_two_end_to_end(tmp_path, cache):
+    root = tmp_path / "data"
+    for split, seed in (("train", 0), ("val", 1)):
+        make_split(root / split, n=4, seed=seed)
+        add_large_face(root / split, side=50)  # 50² >= 48² at 64 px
+    ckpt, summary = cached_stage_two("fpn", root, {"kind": "pgan", "fc": 32, "blocks": 1},
+                                     seed=0, quick=True, base_budget=BASE_BUDGET,
+                                     budget=BUDGET)
+    assert summary["steps"] == 2 and summary["metrics"] is not None
+    pred = load_stage_two(ckpt)
+    head = pred.model.roi_head
+    assert [r["phase"] for r in head.history] == [0.0, 1.0] and int(head.gan_step) == 2
+    feats = roi_features(pred.model, root / "val", input_size=64)
+    F_ = 32 * 7 * 7  # fpn width x pool side²
+    assert feats["large"].shape == (1, F_) and feats["small"].shape[1] == F_
+    assert feats["enhanced"].shape == feats["small"].shape and len(feats["small"]) >= 4
+    # a plain RoI head has no enhancer: its "enhanced" features are the pooled ones
+    roi_ckpt, _ = cached_stage_two("fpn", root, {"kind": "roi", "fc": 32}, seed=0, quick=True,
+                                   base_budget=BASE_BUDGET, budget=BUDGET)
+    plain = roi_features(load_stage_two(roi_ckpt).model, root / "val", input_size=64)
+    assert torch.equal(plain["enhanced"], plain["small"])
+    torch.testing.assert_close(plain["small"], feats["small"])  # one frozen base, one rule
+    # the pooled features are the head's own pooling of the resized ground truth
+    from sodlab.data.dataset import DetectionDataset, collate
+    from sodlab.data.transforms import ResizeLongest
+
+    images, (tgt, *_) = collate([DetectionDataset(root / "val",
+                                                  transforms=ResizeLongest(64))[0]])
+    m = pred.model.eval()
+    with torch.no_grad():
+        fm = m.base.neck(m.base.backbone(images))  # padded as in a batch
+        ref = head.pool(fm, [tgt["boxes"][-1:].float()])  # the big face, last annotation
+    torch.testing.assert_close(feats["large"], ref.flatten(1))

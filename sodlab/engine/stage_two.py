@@ -27,7 +27,9 @@ base's cache key), so the same ``train_step`` trains both and every result lands
 cache. ``train_stage_two`` does the same from a base checkpoint file (``sodlab train
 --base BASE/best.pt --stage-two JSON``). A stage-two checkpoint holds the base's weights
 too; ``load_stage_two`` rebuilds the whole detector from it, and evaluation goes through
-the one inference path (``sodlab.engine.predict.detect_batch``).
+the one inference path (``sodlab.engine.predict.detect_batch``). ``roi_features`` gives the
+pooled features of a split's small and large objects, and the small ones enhanced, for
+looking at what a second stage's generator does (notebook 07).
 
 Shapes: images ``[B, 3, Hp, Wp]``; proposals per image ``[N_b, 4]`` xyxy input pixels.
 Dimension legend: B images, N_b proposals of image b, Hp x Wp padded input size.
@@ -304,6 +306,47 @@ def load_stage_two(checkpoint: str | os.PathLike, device: str = "cpu"):
                      categories=ckpt.get("categories", ()), config=ckpt["config"])
 
 
+def roi_features(model, split_dir: str | os.PathLike, *, input_size: int,
+                 max_images: int | None = 32, batch_size: int = 8) -> dict:
+    """Pooled features of a split's ground-truth objects, as the second stage sees them.
+
+    ``model``: a ``TwoStageDetector`` (``load_stage_two(...).model``), run in eval mode.
+    Each image is resized so its longer side is ``input_size``; non-crowd boxes of area
+    <= ``sodlab.models.gan.SMALL_AREA`` are *small*, >= ``LARGE_AREA`` *large* (input
+    pixels). Returns ``{"small": [n, F], "large": [m, F], "enhanced": [n, F]}``, flattened
+    ``F = C P P`` pooled features (the head's ``pool``, its level rule); ``enhanced`` is the
+    small ones after the head's ``enhancer`` (equal to ``small`` when it has none).
+    """
+    import torch
+
+    from sodlab.boxes import box_area
+    from sodlab.data.dataset import DetectionDataset, collate
+    from sodlab.data.transforms import ResizeLongest
+    from sodlab.engine.predict import eval_mode
+    from sodlab.models.gan import LARGE_AREA, SMALL_AREA
+    from sodlab.models.roi_head import rois_of
+
+    ds = DetectionDataset(split_dir, transforms=ResizeLongest(int(input_size)))
+    n = len(ds) if max_images is None else min(len(ds), int(max_images))
+    head = model.roi_head
+    dev = next(model.parameters()).device
+    parts: dict[str, list] = {"small": [], "large": [], "enhanced": []}
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, n, batch_size):
+            images, targets = collate([ds[i] for i in range(start, min(start + batch_size, n))])
+            feats = model.base.neck(model.base.backbone(images.to(dev)))  # {s: [B, C, H, W]}
+            boxes = [t["boxes"][~t["iscrowd"].bool()].float().to(dev) for t in targets]
+            small = [b[box_area(b) <= SMALL_AREA] for b in boxes]
+            large = [b[box_area(b) >= LARGE_AREA] for b in boxes]
+            pooled = head.pool(feats, small)  # [n_s, C, P, P]
+            enhanced = pooled if head.enhancer is None else \
+                head.enhancer(pooled, rois_of(small).to(dev), feats)
+            parts["small"].append(pooled.flatten(1).float().cpu())
+            parts["enhanced"].append(enhanced.flatten(1).float().cpu())
+            parts["large"].append(head.pool(feats, large).flatten(1).float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 __all__ = ["SPEC_DEFAULTS", "STAGE_TWO_QUICK", "STAGE_TWO_FULL", "stage_two_budget",
            "parse_stage_two", "build_stage_two", "stage_two_of", "stage_two_builder", "check_stage_two_data",
-           "cached_stage_two", "train_stage_two", "load_stage_two"]
+           "cached_stage_two", "train_stage_two", "load_stage_two", "roi_features"]
