@@ -22,6 +22,11 @@ else; ``scaled_anchor_sizes(cfg)`` gives the sizes the detector uses:
   before its last pool, given the inception layers' semantics by an FPN top-down merge):
   8 (x2) at 16; 16 (x2), 32 at 32; 64 at 64; 128 at 128 — every anchor at tiling density 1,
   as in ``faceboxes``, but the smallest ones on a grid that can resolve them.
+- ``fast``: ``fpn`` for real time on a CPU: the same levels, anchor sizes and matching, with
+  depthwise-separable strided convs in the backbone (``tiny_dw``) and smoothing convs in the
+  neck (``fpn_dw``), no head tower (``head_depth=0``) and square anchors only (faces are
+  square): about 0.2x ``fpn``'s multiply-adds at VGA (242 vs 1,240 million; ``sodlab bench
+  --only train_speed`` measures them).
 - ``s3fd``: strides 4…128 with anchor = 4 x stride (16…512), x 1/4 -> 4…128; ratio 1;
   matching at 0.35 then scale compensation; max-out background (3 scores) on stride 4;
   softmax with 3:1 hard negatives.
@@ -164,10 +169,18 @@ def _pyramidbox(**kw) -> DetectorConfig:
                                pyramid_anchors=True, max_in_out=True)
 
 
+def _fast(**kw) -> DetectorConfig:
+    # fpn's levels, anchors and matching on a CPU diet: depthwise-separable strided convs in
+    # the backbone and smoothing convs in the neck, no head tower, square anchors only
+    return dataclasses.replace(_fpn(**kw), preset="fast", backbone="tiny_dw", neck="fpn_dw",
+                               head_depth=0, anchor_ratios=[1.0])
+
+
 PRESETS: dict[str, Callable[..., DetectorConfig]] = {"baseline": _baseline, "fpn": _fpn,
                                                      "ssh": _ssh, "faceboxes": _faceboxes,
                                                      "faceboxes_s16": _faceboxes_s16,
-                                                     "s3fd": _s3fd, "pyramidbox": _pyramidbox}
+                                                     "s3fd": _s3fd, "pyramidbox": _pyramidbox,
+                                                     "fast": _fast}
 CONTEXT_WEIGHTS = {"head": 1.0, "body": 1.0}  # PyramidAnchors' loss weights (k = 1, 2)
 
 

@@ -36,7 +36,8 @@ def register(sub) -> None:
                        "object size go to RUN/log.jsonl.", epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True,
-                   help="detector preset: baseline, fpn, ssh, faceboxes, faceboxes_s16 or s3fd")
+                   help="detector preset: baseline, fpn, ssh, faceboxes, faceboxes_s16, s3fd, "
+                   "pyramidbox or fast")
     p.add_argument("--data", metavar="ROOT", default=None,
                    help="dataset root with train/ and val/ (default: the embedded quick dataset)")
     p.add_argument("--out", metavar="RUN", required=True, help="run folder to write")

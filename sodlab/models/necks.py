@@ -5,6 +5,7 @@
   pathway between them (SSD, S3FD and FaceBoxes predict from the trunk's own maps).
 - ``fpn`` (Lin et al. 2017, notebook 03): lateral 1x1 convs, a top-down pathway of nearest
   up-sampling and addition, a 3x3 smoothing conv per level.
+- ``fpn_dw``: ``fpn`` with depthwise-separable smoothing convs (the ``fast`` preset).
 - ``ssh`` (Najibi et al. 2017, notebook 04): M1 at stride 8 on the stride-8 map plus the
   up-sampled stride-16 map (after 1x1 reductions), M2 at stride 16, M3 at stride 32 on a
   max-pooled stride-16 map; each module a 3x3 branch concatenated with a context module
@@ -50,15 +51,26 @@ class Plain(nn.Module):
         return {int(s): p(feats[int(s)]) for s, p in self.proj.items()}
 
 
-class FPN(nn.Module):
-    """Top-down pathway with lateral connections over the given strides."""
+def separable_conv(width: int) -> nn.Sequential:
+    """3x3 depthwise + 1x1 pointwise (each with BN; ReLU after both): a cheap 3x3 smoothing conv."""
+    return nn.Sequential(conv_bn(width, width, groups=width), conv_bn(width, width, k=1))
 
-    def __init__(self, channels: dict[int, int], strides: list[int], width: int) -> None:
+
+class FPN(nn.Module):
+    """Top-down pathway with lateral connections over the given strides.
+
+    ``separable``: depthwise-separable smoothing convs (the ``fpn_dw`` neck of the ``fast``
+    preset: the stride-4 smoothing conv alone is a quarter of ``fpn``'s multiply-adds at VGA).
+    """
+
+    def __init__(self, channels: dict[int, int], strides: list[int], width: int, *,
+                 separable: bool = False) -> None:
         super().__init__()
         self.strides = sorted(strides)
         self.lateral = nn.ModuleDict({str(s): nn.Conv2d(channels[s], width, 1)
                                       for s in self.strides})
-        self.smooth = nn.ModuleDict({str(s): conv_bn(width, width) for s in self.strides})
+        smooth = separable_conv if separable else (lambda w: conv_bn(w, w))
+        self.smooth = nn.ModuleDict({str(s): smooth(width) for s in self.strides})
 
     def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
@@ -162,8 +174,8 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
         if len(strides) != 1:
             raise ValueError(f"neck 'none' takes one stride, got {strides}")
         return SingleLevel(channels, strides[0], width)
-    if name == "fpn":
-        return FPN(channels, strides, width)
+    if name in ("fpn", "fpn_dw"):
+        return FPN(channels, strides, width, separable=name == "fpn_dw")
     if name == "plain":
         missing = [s for s in strides if s not in channels]
         if missing:
@@ -178,4 +190,4 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
         if missing:
             raise ValueError(f"the backbone has no map at strides {missing}")
         return LFPN(channels, strides, width, start=lfpn_start)
-    raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn, ssh or lfpn")
+    raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn, fpn_dw, ssh or lfpn")
