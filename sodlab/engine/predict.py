@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from sodlab.data.coco import load_coco, to_coco_results
 from sodlab.data.dataset import DetectionDataset, collate, read_image
 from sodlab.data.transforms import ResizeLongest
+from sodlab.engine.precision import autocast, prepare_images
 from sodlab.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -59,7 +60,7 @@ def eval_mode(model: torch.nn.Module):
 
 @torch.inference_mode()
 def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
-                 input_size: int | None) -> list[dict]:
+                 input_size: int | None, precision: str = "fp32") -> list[dict]:
     """THE inference path: detections for original images ``[3, H, W]``, in their own pixels.
 
     ``input_size``: resize each image so its longer side is this many pixels (as in
@@ -68,7 +69,10 @@ def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
     previous mode is restored after), boxes are mapped back to each original image's pixels
     (exact per-axis ratios) and clipped to it. Labels stay contiguous (``to_coco_results``
     or ``Predictor`` map them to category ids). Everything else — the CLI, evaluation, the
-    image pyramid, SNIP multi-scale testing, sliced inference — calls this.
+    image pyramid, SNIP multi-scale testing, sliced inference — calls this. ``precision``:
+    ``"fp32"`` (default: the numbers every committed result uses) or ``"bf16"`` (autocast and
+    channels-last input, ``sodlab.engine.precision``; give the model
+    ``prepare_model(model, "bf16")`` too for full speed).
     """
     if input_size is None:
         batch = [(img, {}) for img in images]
@@ -76,8 +80,9 @@ def detect_batch(model: torch.nn.Module, images: Sequence[torch.Tensor], *,
         resize = ResizeLongest(int(input_size))
         batch = [resize(img, {}) for img in images]
     x, targets = collate(batch)  # [B, 3, Hp, Wp]
-    with eval_mode(model):
-        outs = model(x.to(_device_of(model)))
+    dev = _device_of(model)
+    with eval_mode(model), autocast(precision, dev):
+        outs = model(prepare_images(x.to(dev), precision))
     results = []
     for img, tgt, out in zip(images, targets, outs):
         boxes = to_original(out["boxes"].float().cpu(), tgt["size"], tuple(img.shape[-2:]))
