@@ -24,7 +24,10 @@ wall-clock budget as our ``fpn`` and ``faceboxes`` (``compare_presets`` names ot
 the same dataset root (AdamW, warm-up + cosine over the budget, batch 8, horizontal flips;
 SSDlite resizes to 320 x 320 itself), all evaluated with ``sodlab.metrics.evaluate`` on
 ``val``, then each trained model timed at VGA on one thread (``vga_fps_1t``; the FaceBoxes
-paper reports 20 FPS on one CPU core). Full: 300 s each; quick: 20 s each.
+paper reports 20 FPS on one CPU core), in fp32 (``vga_fps_1t``) and in the fast precision
+(``vga_fps_1t_fast``: bf16 autocast where the CPU has it, SSDlite included, so the race is
+fair both ways). Full: 300 s each; quick: 20 s each. ``compare_presets`` defaults to
+``fpn``, ``faceboxes`` and ``fast``.
 """
 
 from __future__ import annotations
@@ -104,8 +107,9 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
     root = Path(data_root)
     threads = torch.get_num_threads()
     fast = resolve_precision(precision)
-    ds = _train_dataset(root, 0, seed)
-    cfg = make_config(preset, num_classes=ds.num_classes)
+    from sodlab.data.dataset import DetectionDataset
+
+    cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes)
     ds = _train_dataset(root, cfg.input_size, seed)
     models = {}
     for prec in dict.fromkeys(["fp32", fast]):
@@ -118,6 +122,11 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
     model.eval()
     vga = torch.rand(1, 3, 480, 640, generator=torch.Generator().manual_seed(seed))
     lat = {t: vga_latency_ms(model, vga, threads=t, repeats=repeats) for t in (1, 2)}
+    lat_fast = lat
+    if fast != "fp32":
+        models[fast].eval()
+        lat_fast = {t: vga_latency_ms(in_precision(models[fast], fast), vga, threads=t,
+                                      repeats=repeats) for t in (1, 2)}
     rss_infer = _maxrss_mb()
     batches = _train_batches(ds, batch_size, warmup + steps, seed)
     macs_img = count_flops(model, (batches[0][0][:1], batches[0][1][:1]), train=False) / 2
@@ -159,6 +168,7 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
             "train_gflops_per_s": train_flops_img * ips[fast] / 1e9,
             "train_gflops_per_s_fp32": train_flops_img * ips["fp32"] / 1e9,
             "vga_ms_1t": lat[1], "vga_ms_2t": lat[2],
+            "vga_ms_1t_fast": lat_fast[1], "vga_ms_2t_fast": lat_fast[2],
             "peak_rss_model_mb": rss0, "peak_rss_infer_mb": rss_infer,
             "peak_rss_train_mb": rss_train, "infer_delta_mb": rss_infer - rss0,
             "train_delta_mb": rss_train - rss0}
@@ -253,6 +263,16 @@ def evaluate_ssdlite(model, split_dir: str | os.PathLike) -> dict:
     return m
 
 
+def in_precision(model: torch.nn.Module, precision: str):
+    """``fn(x)``: the model's forward under the precision's autocast and memory format."""
+    from sodlab.engine.precision import autocast, prepare_images
+
+    def fn(x: torch.Tensor):
+        with autocast(precision):
+            return model(prepare_images(x, precision))
+    return fn
+
+
 def vga_latency_ms(forward, image: torch.Tensor, *, threads: int = 1, repeats: int = 10) -> float:
     """Median wall time of ``forward(image)`` (one warm-up call first) on ``threads`` threads."""
     before = torch.get_num_threads()
@@ -280,7 +300,7 @@ def _vga_image(root: Path) -> torch.Tensor:
 
 
 def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, seed: int = 0,
-                         presets: tuple[str, ...] = ("fpn", "faceboxes"),
+                         presets: tuple[str, ...] = ("fpn", "faceboxes", "fast"),
                          progress: bool = False) -> dict:
     """Our presets vs SSDlite320: same data root, same wall-clock budget, same evaluation.
 
@@ -289,7 +309,10 @@ def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, se
     post-processing included (SSDlite resizes it to 320 x 320 itself), one after another in
     this process, so the frame rates are side by side.
     """
+    import copy
+
     from sodlab.engine import evaluate_model, load_detector, train
+    from sodlab.engine.precision import prepare_model, resolve_precision
 
     root = Path(data_root)
     keys = ("AP", "AP50", "AP_small", "AP_tiny", "AR_small", "images_per_s")
@@ -303,24 +326,38 @@ def compare_with_ssdlite(data_root: str | os.PathLike, *, max_seconds: float, se
         model = pred.model.eval()
         m = evaluate_model(model, root / "val", input_size=pred.input_size, cat_ids=pred.cat_ids)
         ms = vga_latency_ms(lambda x, model=model: model(x[None]), vga)
+        fast = resolve_precision("auto")
+        fast_model = prepare_model(copy.deepcopy(model), fast).eval()
+        ms_fast = vga_latency_ms(lambda x, f=in_precision(fast_model, fast): f(x[None]), vga)
         out[name] = {"steps": s["steps"], "images_seen": s["images_seen"],
                      "seconds": s["seconds"], "final_loss": s["final_loss"],
                      "input_size": pred.input_size,
                      "params": sum(p.numel() for p in model.parameters()),
-                     **{k: m[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms}
+                     **{k: m[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms,
+                     "vga_fps_1t_fast": 1000.0 / ms_fast, "fast_precision": fast}
     model, stats = train_ssdlite(root, max_seconds=max_seconds, seed=seed, progress=progress)
     m2 = evaluate_ssdlite(model, root / "val")
     ms = vga_latency_ms(lambda x: model([x]), vga)
+    from sodlab.engine.precision import autocast
+
+    fast = resolve_precision("auto")
+    ssd_fast = prepare_model(copy.deepcopy(model), fast).eval()
+
+    def ssd_forward(x: torch.Tensor):
+        with autocast(fast):
+            return ssd_fast([x])
+    ms_fast = vga_latency_ms(ssd_forward, vga)
     out["ssdlite320_mobilenet_v3"] = {
         **stats, "input_size": 320, "params": sum(p.numel() for p in model.parameters()),
-        **{k: m2[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms}
+        **{k: m2[k] for k in keys}, "vga_ms_1t": ms, "vga_fps_1t": 1000.0 / ms,
+        "vga_fps_1t_fast": 1000.0 / ms_fast, "fast_precision": fast}
     return out
 
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
         presets: list[str] | None = None, compare: bool = True, seed: int = 0,
         compare_seconds: float | None = None,
-        compare_presets: tuple[str, ...] = ("fpn", "faceboxes")) -> dict:
+        compare_presets: tuple[str, ...] = ("fpn", "faceboxes", "fast")) -> dict:
     """Per-preset speed and memory, and ours vs SSDlite under one wall-clock budget."""
     from sodlab.data.coco import dataset_hash
     from sodlab.detector import PRESETS
