@@ -14,8 +14,12 @@ from sodlab.errors import InputError
 # Full mode: 400 steps x 8 images at the preset's own input size (384 px).
 FULL = {"max_steps": 400, "batch_size": 8, "overrides": {}}
 
-# Quick mode, per preset (others take QUICK_DEFAULT).
-QUICK_DEFAULT = {"max_steps": 25, "batch_size": 4, "overrides": {"input_size": 256}}
+# Quick mode, per preset (others take QUICK_DEFAULT): 250 steps x 8 = 2,000 images seen at
+# the preset's own 384 px on the embedded quick dataset (200 training images, 10 epochs).
+# Chosen so a live class sees the effects: measured with bf16 on the quick dataset, seed 0,
+# fpn reaches AP50 0.67, AP_small 0.33 (the target was >= 0.5 and >= 0.25) where 1,280
+# images gave AP50 0.47, AP_small 0.20; baseline stays near AP_small 0.02.
+QUICK_DEFAULT = {"max_steps": 250, "batch_size": 8, "overrides": {}}
 QUICK: dict[str, dict] = {}
 
 
