@@ -2,7 +2,13 @@
 
 import torch
 
-from sodlab.engine.mismatch import accuracy, down_up, downsample, fit, mismatch_experiment
+from sodlab.engine.mismatch import (
+    accuracy,
+    down_up,
+    downsample,
+    fit_crop_classifier,
+    mismatch_experiment,
+)
 from sodlab.models.mismatch import build_cnn_b, build_cnn_s
 
 
@@ -38,7 +44,7 @@ def test_fit_learns_and_experiment_rows():
     xte, yte = _toy(128, 1)
     torch.manual_seed(0)
     model = build_cnn_b(width=8)
-    losses = fit(model, xtr, ytr, epochs=4, seed=0)
+    losses = fit_crop_classifier(model, xtr, ytr, epochs=4, seed=0)
     assert losses[-1] < losses[0]
     assert accuracy(model, xte, yte) > 0.8
     rows = mismatch_experiment((xtr, ytr), (xte, yte), factors=(1, 4), epochs=1, ft_epochs=1)

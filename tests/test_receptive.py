@@ -277,7 +277,7 @@ def test_union_of_shifted_branches_against_gradients():
 
 
 def test_widget_view_and_explorer():
-    from sodlab.widgets.receptive import ExplorerState, cell_anchors, explorer, rf_view
+    from sodlab.widgets.receptive import ExplorerState, explorer, rf_cell_anchors, rf_view
 
     net = _deep_random(6)
 
@@ -308,7 +308,7 @@ def test_widget_view_and_explorer():
     assert ("p2", 4, 10) in state.cache
     # an anchor generator's convention: centres at (index + offset) * stride
     state.anchor_offset = 0.0
-    assert cell_anchors(state, "p2", 4, 10)[0].tolist() == [16.0, 4.0, 24.0, 12.0]
+    assert rf_cell_anchors(state, "p2", 4, 10)[0].tolist() == [16.0, 4.0, 24.0, 12.0]
     with pytest.raises(InputError):
         rf_view(state, "p9", 0, 0)
     box = explorer(state)

@@ -103,9 +103,9 @@ def down_up(x: torch.Tensor, factor: int) -> torch.Tensor:
     return resize_image(downsample(x, factor), tuple(x.shape[-2:]), antialias=False)
 
 
-def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 8,
-        batch_size: int = 64, lr: float = 3e-3, seed: int = 0, progress: bool = False
-        ) -> list[float]:
+def fit_crop_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                        epochs: int = 8, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                        progress: bool = False) -> list[float]:
     """Train a crop classifier with AdamW and flips; returns the mean loss per epoch."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -178,7 +178,7 @@ def mismatch_experiment(train: tuple[torch.Tensor, torch.Tensor],
     """
     (xtr, ytr), (xte, yte) = train, test
     cnn_b = _seeded(build_cnn_b, seed)
-    fit(cnn_b, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
+    fit_crop_classifier(cnn_b, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
     base_state = {k: v.clone() for k, v in cnn_b.state_dict().items()}
     rows = []
     for f in factors:
@@ -186,11 +186,12 @@ def mismatch_experiment(train: tuple[torch.Tensor, torch.Tensor],
                "CNN-B": accuracy(cnn_b, down_up(xte, f), yte)}
         if f > 1:
             cnn_s = _seeded(build_cnn_s, seed)
-            fit(cnn_s, downsample(xtr, f), ytr, epochs=epochs, seed=seed, progress=progress)
+            fit_crop_classifier(cnn_s, downsample(xtr, f), ytr, epochs=epochs, seed=seed,
+                                progress=progress)
             row["CNN-S"] = accuracy(cnn_s, downsample(xte, f), yte)
             ft = _seeded(build_cnn_b, seed)
             ft.load_state_dict(base_state)
-            fit(ft, down_up(xtr, f), ytr, epochs=ft_epochs, lr=1e-3, seed=seed,
+            fit_crop_classifier(ft, down_up(xtr, f), ytr, epochs=ft_epochs, lr=1e-3, seed=seed,
                 progress=progress)
             row["CNN-B-FT"] = accuracy(ft, down_up(xte, f), yte)
         rows.append(row)

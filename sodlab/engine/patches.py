@@ -136,9 +136,9 @@ def mine_hard_negatives(model: PatchClassifier, images: list[SplitImage], *, per
     return torch.cat(out)
 
 
-def fit(model: PatchClassifier, crops: torch.Tensor, labels: torch.Tensor, *, steps: int,
-        batch_size: int = 64, lr: float = 3e-3, seed: int = 0, progress: bool = False,
-        ) -> list[float]:
+def fit_patch_classifier(model: PatchClassifier, crops: torch.Tensor, labels: torch.Tensor, *,
+                         steps: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                         progress: bool = False) -> list[float]:
     """Adam on balanced batches (half faces, half not) with random horizontal flips.
 
     Returns the loss of every step (binary cross-entropy on logits).
@@ -205,15 +205,16 @@ def train_classifier(split_dir: str | os.PathLike, *, window: int = 24, steps: i
     model = build_patch_classifier(window)
     info = {"n_pos": int(labels.sum()), "n_neg": int((labels == 0).sum()), "hard": [],
             "images": len(images)}
-    losses = fit(model, crops, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                 progress=progress)
+    losses = fit_patch_classifier(model, crops, labels, steps=steps, batch_size=batch_size,
+                                  lr=lr, seed=seed, progress=progress)
     for r in range(mining_rounds):
         hard = mine_hard_negatives(model, images, per_image=hard_per_image, stride=stride,
                                    scale_step=scale_step, first_scale=first_scale)
         info["hard"].append(len(hard))
         crops = torch.cat([crops, hard])
         labels = torch.cat([labels, torch.zeros(len(hard))])
-        losses += fit(model, crops, labels, steps=mining_steps or steps // 2,
-                      batch_size=batch_size, lr=lr / 3, seed=seed + 1 + r, progress=progress)
+        losses += fit_patch_classifier(model, crops, labels, steps=mining_steps or steps // 2,
+                                       batch_size=batch_size, lr=lr / 3, seed=seed + 1 + r,
+                                       progress=progress)
     info.update(losses=losses, seconds=time.perf_counter() - t0)
     return model, info

@@ -48,7 +48,7 @@ class ExplorerState:
         return list(self.rfs)
 
 
-def cell_anchors(state: ExplorerState, layer: str, row: int, col: int) -> torch.Tensor:
+def rf_cell_anchors(state: ExplorerState, layer: str, row: int, col: int) -> torch.Tensor:
     """Square anchors of cell (row, col) of ``layer``, xyxy input pixels. ``[A, 4]``"""
     rf = state.rfs[layer]
     if state.anchor_offset is None:
@@ -79,7 +79,7 @@ def rf_view(state: ExplorerState, layer: str, x: float, y: float) -> dict:
                                         position=(row, col), n_samples=max(state.erf_samples, 1),
                                         seed=state.seed)
     erf = state.cache[key]  # [H, W]
-    anchors = cell_anchors(state, layer, row, col)  # [A, 4]
+    anchors = rf_cell_anchors(state, layer, row, col)  # [A, 4]
     centre = rf.centre(row, col)
     radius = erf_radius(erf, 0.95, centre=centre)
     sizes = state.anchor_sizes.get(layer, [])
