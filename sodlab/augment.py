@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sodlab.data.coco import annotations_by_image
+from sodlab.data.dataset import seeded_generator
+
 SMALL_AREA = 32.0**2
 
 STRATEGIES = ("all_once", "one_many", "random_subset")
@@ -39,10 +42,8 @@ def oversample_repeats(coco: dict, *, k: int,
     """Repeat count per image of ``coco["images"]`` (in that order): k where predicate holds, else 1."""
     if k < 1:
         raise ValueError(f"oversampling factor k must be >= 1, got {k}")
-    by_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    return [k if predicate(by_image[im["id"]]) else 1 for im in coco["images"]]
+    by_image = annotations_by_image(coco)
+    return [k if predicate(by_image.get(int(im["id"]), [])) else 1 for im in coco["images"]]
 
 
 class OversamplingSampler(torch.utils.data.Sampler):
@@ -73,7 +74,7 @@ class OversamplingSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[int]:
         idx = torch.repeat_interleave(torch.arange(len(self.repeats)), self.repeats)  # [T]
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = seeded_generator(self.seed, self.epoch)
             idx = idx[torch.randperm(len(idx), generator=g)]
         pad = self.per_rank * self.num_replicas - len(idx)
         if pad:

@@ -135,7 +135,7 @@ def test_bad_inputs_raise_input_error(tmp_path):
     with pytest.raises(InputError):
         evaluate(tmp_path / "missing.json", [])
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="not valid JSON"):
+    with pytest.raises(InputError, match="invalid JSON"):  # ground truth reads through load_coco
         evaluate(tmp_path / "bad.json", [])
 
 

@@ -57,7 +57,7 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from sodlab.boxes import xyxy_to_xywh
+    from sodlab.data.coco import to_coco_results
     from sodlab.engine import load_detector
     from sodlab.engine.predict import as_image, draw_detections, list_images
     from sodlab.errors import InputError
@@ -102,11 +102,7 @@ def run(args) -> int:
         n_before = len(dets)
         image = as_image(f)  # [3, H, W]
         out = pred.predict(image, score_thresh=args.score_thresh)
-        xywh = xyxy_to_xywh(out["boxes"])  # [N, 4]
-        for box, score, cid in zip(xywh.tolist(), out["scores"].tolist(),
-                                   out["category_ids"].tolist()):
-            d = {"image_id": ids[f], "category_id": int(cid),
-                 "bbox": [round(v, 3) for v in box], "score": round(score, 5)}
+        for d in to_coco_results([ids[f]], [out]):  # category ids from the checkpoint
             if not args.ann:
                 d["file_name"] = f.relative_to(base).as_posix()
             dets.append(d)

@@ -4,15 +4,15 @@ Layer L1. Efron's percentile bootstrap over images: each resample draws as many 
 the ground truth holds, with replacement; an image drawn twice appears twice, under two new
 image ids, in both the ground truth and the detections, so its objects count twice. Full-mode
 notebooks use it to say whether a difference between two techniques is larger than the noise
-of the validation set (DESIGN.md, budgets). Taught in notebook 09.
+of the validation set (``docs/design.md``, the verdict rule). Taught in notebook
+10_benchmark_report.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
+from sodlab.data.coco import annotations_by_image
 from sodlab.errors import InputError
 from sodlab.metrics.coco import DetsLike, GtLike, evaluate_clean, load_dets, load_gt, paused_gc
 
@@ -41,13 +41,7 @@ def resample(gt: dict, dets: list[dict], draw: np.ndarray,
 
 
 def _by_image(gt: dict, dets: list[dict]) -> tuple[dict, dict]:
-    g_by: dict[int, list] = defaultdict(list)
-    d_by: dict[int, list] = defaultdict(list)
-    for a in gt["annotations"]:
-        g_by[a["image_id"]].append(a)
-    for x in dets:
-        d_by[x["image_id"]].append(x)
-    return g_by, d_by
+    return annotations_by_image(gt), annotations_by_image(dets)
 
 
 def bootstrap_ci(gt: GtLike, dets: DetsLike, *, keys: tuple[str, ...] = ("AP", "AP_small"),

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sodlab.boxes import AREA_RANGES, BUCKETS
+from sodlab.data.coco import load_coco
 from sodlab.errors import InputError
 
 # Area ranges in evaluation order; "all" first, as COCOeval expects.
@@ -56,7 +57,7 @@ def load_gt(gt: GtLike) -> dict:
     Annotation ids are renumbered (COCOeval uses id 0 as 'unmatched'); a missing ``area``
     becomes ``w * h``; a missing ``iscrowd`` becomes 0.
     """
-    src = gt if isinstance(gt, dict) else _read_json(gt, "annotations")
+    src = gt if isinstance(gt, dict) else load_coco(gt)
     name = "ground truth" if isinstance(gt, dict) else str(gt)
     if not isinstance(src, dict) or not all(
         isinstance(src.get(k), list) for k in ("images", "annotations", "categories")
