@@ -37,6 +37,9 @@ def test_measure_dense_presets(quick_dataset, preset):
         assert r[k] > 0, k
     assert r["fast_vs_fp32"] == pytest.approx(r["train_images_per_s"] / r["train_images_per_s_fp32"])
     assert r["macs_per_image"] > 1e6 and r["train_flops_per_image"] > 2 * r["macs_per_image"]
+    parts = r["step_breakdown_ms"]
+    assert set(parts) >= {"backbone", "neck", "head", "loss", "backward", "optimizer", "data"}
+    assert all(v > 0 for v in parts.values()), parts
 
 
 def test_flops_of_one_conv_are_counted_exactly():

@@ -9,6 +9,8 @@ the same run, each in a fresh subprocess (so its memory peak is its own):
   channels-last where the CPU has AVX-512-BF16/AMX); ``*_fp32`` the fp32 NCHW path,
   alternating with it in chunks of steps; ``*_e2e`` the same with the engine's data
   loading included; ``fast_vs_fp32(_e2e)`` their ratios (the target: >= 2x for ``fpn``);
+- ``step_breakdown_ms``: one fast-path step taken apart (backbone, neck, head forward; the
+  loss with matching; backward; optimizer; loading a batch) — the profile of what is left;
 - ``macs_per_image`` (one eval forward) and ``train_gflops_per_s`` (forward + backward
   FLOPs per image x images/s), so the distance to the CPU's peak is on the page;
 - ``vga_ms_1t`` / ``vga_ms_2t``: median eval-mode forward + post-processing time of one
@@ -90,6 +92,61 @@ def count_flops(model: torch.nn.Module, batch, *, train: bool) -> float:
     return float(counter.get_total_flops())
 
 
+def step_breakdown(model: torch.nn.Module, batches: list, optimizer, *, precision: str,
+                   ds=None, batch_size: int = 8) -> dict[str, float]:
+    """Where one training step's time goes, in ms per step (mean over ``batches``).
+
+    Forward hooks time the detector's ``backbone``, ``neck`` and ``head``; its ``loss``
+    (matching and the losses) is timed by a wrapper; then backward and the optimizer step.
+    ``data`` (when ``ds`` is given): loading and collating one batch as the engine does.
+    """
+    from sodlab.engine.precision import autocast, prepare_images
+
+    acc = {k: 0.0 for k in ("backbone", "neck", "head", "loss", "backward", "optimizer")}
+    starts: dict[str, float] = {}
+    handles = []
+    for name in ("backbone", "neck", "head"):
+        mod = getattr(model, name, None)
+        if mod is None:
+            continue
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, a, name=name: starts.__setitem__(name, time.perf_counter())))
+        handles.append(mod.register_forward_hook(
+            lambda m, a, o, name=name: acc.__setitem__(
+                name, acc[name] + time.perf_counter() - starts[name])))
+    inner = model.loss
+
+    def timed_loss(*a, **k):
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        acc["loss"] += time.perf_counter() - t0
+        return out
+    model.loss = timed_loss
+    model.train()
+    try:
+        for images, targets in batches:
+            images = prepare_images(images, precision)
+            with autocast(precision):
+                loss = model(images, targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            loss.backward()
+            t1 = time.perf_counter()
+            optimizer.step()
+            acc["backward"] += t1 - t0
+            acc["optimizer"] += time.perf_counter() - t1
+    finally:
+        del model.loss
+        for h in handles:
+            h.remove()
+    out = {k: 1000.0 * v / len(batches) for k, v in acc.items()}
+    if ds is not None:
+        t0 = time.perf_counter()
+        _train_batches(ds, batch_size, len(batches), seed=0, start=len(batches))
+        out["data"] = 1000.0 * (time.perf_counter() - t0) / len(batches)
+    return out
+
+
 def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10,
                    warmup: int = 2, repeats: int = 5, batch_size: int = 8,
                    seed: int = 0, precision: str = "auto") -> dict:
@@ -152,6 +209,8 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
                                     start=c0):
                 train_step(models[p], b, opts[p], precision=p)
             e2e[p] += time.perf_counter() - t0
+    breakdown = step_breakdown(models[fast], batches[warmup:warmup + min(steps, 3)], opts[fast],
+                               precision=fast, ds=ds, batch_size=batch_size)
     rss_train = _maxrss_mb()
     ips = {p: steps * batch_size / compute[p] for p in models}
     ips_e2e = {p: steps * batch_size / e2e[p] for p in models}
@@ -164,6 +223,7 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
             "fast_vs_fp32": ips[fast] / ips["fp32"],
             "fast_vs_fp32_e2e": ips_e2e[fast] / ips_e2e["fp32"],
             "data_share_e2e": 1.0 - ips_e2e[fast] / ips[fast],
+            "step_breakdown_ms": breakdown,
             "macs_per_image": macs_img, "train_flops_per_image": train_flops_img,
             "train_gflops_per_s": train_flops_img * ips[fast] / 1e9,
             "train_gflops_per_s_fp32": train_flops_img * ips["fp32"] / 1e9,
