@@ -184,6 +184,8 @@ def test_pgan_stage_two_end_to_end(tmp_path, cache):
     F_ = 32 * 7 * 7  # fpn width x pool side²
     assert feats["large"].shape == (1, F_) and feats["small"].shape[1] == F_
     assert feats["enhanced"].shape == feats["small"].shape and len(feats["small"]) >= 4
+    assert feats["small_boxes"].shape == (len(feats["small"]), 4)
+    assert feats["large_boxes"].tolist() == [[2.0, 2.0, 52.0, 52.0]]  # 50 px, val at 64 px
     # a plain RoI head has no enhancer: its "enhanced" features are the pooled ones
     roi_ckpt, _ = cached_stage_two("fpn", root, {"kind": "roi", "fc": 32}, seed=0, quick=True,
                                    base_budget=BASE_BUDGET, budget=BUDGET)

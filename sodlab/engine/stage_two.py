@@ -315,7 +315,8 @@ def roi_features(model, split_dir: str | os.PathLike, *, input_size: int,
     <= ``sodlab.models.gan.SMALL_AREA`` are *small*, >= ``LARGE_AREA`` *large* (input
     pixels). Returns ``{"small": [n, F], "large": [m, F], "enhanced": [n, F]}``, flattened
     ``F = C P P`` pooled features (the head's ``pool``, its level rule); ``enhanced`` is the
-    small ones after the head's ``enhancer`` (equal to ``small`` when it has none).
+    small ones after the head's ``enhancer`` (equal to ``small`` when it has none); and
+    ``"small_boxes" [n, 4]``, ``"large_boxes" [m, 4]``, the boxes in input pixels.
     """
     import torch
 
@@ -330,7 +331,8 @@ def roi_features(model, split_dir: str | os.PathLike, *, input_size: int,
     n = len(ds) if max_images is None else min(len(ds), int(max_images))
     head = model.roi_head
     dev = next(model.parameters()).device
-    parts: dict[str, list] = {"small": [], "large": [], "enhanced": []}
+    parts: dict[str, list] = {"small": [], "large": [], "enhanced": [], "small_boxes": [],
+                              "large_boxes": []}
     with eval_mode(model), torch.no_grad():
         for start in range(0, n, batch_size):
             images, targets = collate([ds[i] for i in range(start, min(start + batch_size, n))])
@@ -344,6 +346,8 @@ def roi_features(model, split_dir: str | os.PathLike, *, input_size: int,
             parts["small"].append(pooled.flatten(1).float().cpu())
             parts["enhanced"].append(enhanced.flatten(1).float().cpu())
             parts["large"].append(head.pool(feats, large).flatten(1).float().cpu())
+            parts["small_boxes"] += [b.cpu() for b in small]
+            parts["large_boxes"] += [b.cpu() for b in large]
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

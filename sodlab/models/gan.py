@@ -109,7 +109,7 @@ def count_large(coco: dict, *, input_size: int, large_area: float = LARGE_AREA) 
     return n
 
 
-class ResidualBlock(nn.Module):
+class GeneratorBlock(nn.Module):
     """``relu(x + BN(conv(relu(BN(conv(x))))))`` with 3x3 convolutions, channels kept."""
 
     def __init__(self, channels: int) -> None:
@@ -139,7 +139,7 @@ class Generator(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(fine_channels or channels, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, 1))  # to the coarse features' channels
-        self.blocks = nn.ModuleList(ResidualBlock(channels) for _ in range(blocks))
+        self.blocks = nn.ModuleList(GeneratorBlock(channels) for _ in range(blocks))
         self.out = nn.Conv2d(channels, channels, 1)  # the last layer: starts at zero
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -375,5 +375,5 @@ class PerceptualGANHead(RoIHead):
 
 
 __all__ = ["SMALL_AREA", "LARGE_AREA", "PERCEPTION_WEIGHT", "ADVERSARIAL_WEIGHT",
-           "HISTORY_COLUMNS", "GANCollapsed", "count_large", "ResidualBlock", "Generator",
+           "HISTORY_COLUMNS", "GANCollapsed", "count_large", "GeneratorBlock", "Generator",
            "Discriminator", "PerceptualGANHead"]
