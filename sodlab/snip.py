@@ -26,7 +26,7 @@ import torch
 from sodlab.boxes import scale_boxes, sqrt_wh
 from sodlab.errors import InputError
 from sodlab.nms import soft_nms
-from sodlab.tiling import flush_starts
+from sodlab.tiling import flush_starts, resize_image
 
 # SNIP's table (original pixels, sqrt(w*h)): [0, 80] at 1400, [40, 160] at 800,
 # [120, inf) at 480 (short side). Those scales are about 2.9x, 1.7x and 1.0x of a COCO
@@ -164,8 +164,7 @@ def pixels_processed(plans: list[ChipPlan], chip: int) -> int:
 def _resize(image: torch.Tensor, factor: float) -> torch.Tensor:
     _, h, w = image.shape
     size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
-                                           align_corners=False, antialias=factor < 1)[0]
+    return resize_image(image, size, antialias=factor < 1)
 
 
 def _ignore_invalid(target: dict, valid: torch.Tensor) -> dict:

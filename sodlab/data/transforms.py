@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from sodlab.tiling import resize_image
+
 
 def _box_keys(target: dict) -> list[str]:
     return [k for k, v in target.items()
@@ -70,8 +72,7 @@ class ResizeLongest:
         if s == 1.0 or (s > 1.0 and not self.upscale):
             return image, target
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        out = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                            antialias=s < 1.0)[0].clamp_(0.0, 1.0)  # [3, H', W']
+        out = resize_image(image, (nh, nw), antialias=s < 1.0).clamp_(0.0, 1.0)  # [3, H', W']
         sx, sy = nw / w, nh / h
         target = dict(target)
         scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
@@ -246,8 +247,7 @@ class DataAnchorSampling:
         scale = choice["scale"]
         if scale < 1.0:  # shrink with antialiasing first, then cut at scale 1
             nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
-            src = F.interpolate(image[None], size=(nh, nw), mode="bilinear",
-                                align_corners=False, antialias=True)[0]
+            src = resize_image(image, (nh, nw), antialias=True)
             sx, sy, fx, fy = nw / W, nh / H, 1.0, 1.0
         else:
             src, sx, sy, fx, fy = image, scale, scale, scale, scale

@@ -17,6 +17,7 @@ import torch
 from sodlab.boxes import scale_boxes
 from sodlab.errors import InputError
 from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, ChipPlan, positive_chips
+from sodlab.tiling import resize_image
 
 
 def draw_chips(ax, image: torch.Tensor, boxes: torch.Tensor, plan: ChipPlan, *,
@@ -26,8 +27,7 @@ def draw_chips(ax, image: torch.Tensor, boxes: torch.Tensor, plan: ChipPlan, *,
 
     _, h, w = image.shape
     size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    img = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
-                                          align_corners=False, antialias=factor < 1)[0]
+    img = resize_image(image, size, antialias=factor < 1)
     ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
     for x1, y1, x2, y2 in plan.chips.tolist():
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="tab:blue",
