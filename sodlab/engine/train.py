@@ -531,6 +531,17 @@ def _data_hash(root: Path) -> str | None:
         return None
 
 
+def _resume(run: Run, last: Path) -> None:
+    """Weights, optimizer, progress and RNG state from ``last.pt`` (same config only)."""
+    ckpt = load_checkpoint(last)
+    if ckpt["config"] != run.cfg_dict:
+        raise InputError(f"{last}: --resume with a different config than the checkpoint's")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.state = RunState(**{k: ckpt.get(k, v) for k, v in dataclasses.asdict(RunState()).items()})
+    set_rng_state(ckpt["rng"])
+
+
 def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: torch.device,
               world: int, rank: int, overrides, build_model, resume: bool) -> Run:
     """Dataset, model, optimizer, schedule and state of a run (resumed from ``last.pt``)."""
@@ -571,16 +582,8 @@ def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: to
                                     world_size=world),
               val_dir=val_dir if tcfg.val_every > 0 and (val_dir / "annotations.json").is_file()
               else None, input_size=cfg.input_size, world=world, rank=rank)
-    last = out_dir / "last.pt"
-    if resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        if ckpt["config"] != cfg_dict:
-            raise InputError(f"{last}: --resume with a different config than the checkpoint's")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        run.state = RunState(**{k: ckpt.get(k, v) for k, v in
-                                dataclasses.asdict(RunState()).items()})
-        set_rng_state(ckpt["rng"])
+    if resume and (out_dir / "last.pt").is_file():
+        _resume(run, out_dir / "last.pt")
     elif rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "log.jsonl").unlink(missing_ok=True)
