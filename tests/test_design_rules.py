@@ -41,10 +41,7 @@ KNOWN_GROUPERS: dict[str, str] = {}
 KNOWN_CITERS: dict[str, str] = {}
 # One public name per job; these names are interfaces every module of a kind defines.
 INTERFACE_NAMES = {"run", "register", "explorer"}
-KNOWN_SHARED_NAMES = {
-    "detect_pyramid": "models.classifiers (sliding windows over an image pyramid) and "
-                      "engine.predict (a detector at several input sizes) are different jobs",
-}
+KNOWN_SHARED_NAMES: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- sources

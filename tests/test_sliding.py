@@ -13,10 +13,10 @@ from sodlab.errors import InputError
 from sodlab.models.classifiers import (
     build_patch_classifier,
     crop_windows,
-    detect_pyramid,
     score_crops,
     score_map,
     score_windows,
+    sliding_window_detect,
 )
 from sodlab.tiling import sliding_windows
 
@@ -57,10 +57,10 @@ def test_score_map_cell_is_the_window_at_stride_times_index():
     assert torch.allclose(score_crops(m, img, boxes), smap.reshape(-1), atol=1e-5)
 
 
-def test_detect_pyramid_boxes_in_original_pixels_and_methods_agree():
+def test_sliding_window_detect_boxes_in_original_pixels_and_methods_agree():
     m = _model(24)
     img = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(3))
-    out = {meth: detect_pyramid(m, img, scale_step=2.0, stride=4, score_thresh=0.0, nms_iou=1.0,
+    out = {meth: sliding_window_detect(m, img, scale_step=2.0, stride=4, score_thresh=0.0, nms_iou=1.0,
                                 method=meth, max_dets=None) for meth in ("fcn", "crops")}
     (bf, sf), (bc, sc) = out["fcn"], out["crops"]
     assert torch.allclose(sf, sc, atol=1e-5) and torch.allclose(bf, bc)
@@ -76,7 +76,7 @@ def test_bad_input_errors():
     with pytest.raises(InputError, match="'fcn' or 'crops'"):
         score_windows(m, torch.rand(3, 30, 30), stride=4, method="loop")
     with pytest.raises(InputError, match="window 12 px"):
-        detect_pyramid(m, torch.rand(3, 30, 30), scale_step=2, window=12)
+        sliding_window_detect(m, torch.rand(3, 30, 30), scale_step=2, window=12)
     with pytest.raises(InputError, match="no patch classifier"):
         build_patch_classifier(20)
 

@@ -196,7 +196,3 @@ def mismatch_experiment(train: tuple[torch.Tensor, torch.Tensor],
             row["CNN-B-FT"] = accuracy(ft, down_up(xte, f), yte)
         rows.append(row)
     return rows
-
-
-# The name notebook 05 still imports; delete once it imports object_and_background_crops.
-extract_crops = object_and_background_crops

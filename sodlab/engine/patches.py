@@ -29,7 +29,7 @@ from sodlab.boxes import xywh_to_xyxy
 from sodlab.data.coco import annotations_by_image, images_dir, load_coco
 from sodlab.data.dataset import read_image
 from sodlab.errors import InputError
-from sodlab.models.classifiers import PatchClassifier, build_patch_classifier, detect_pyramid
+from sodlab.models.classifiers import PatchClassifier, build_patch_classifier, sliding_window_detect
 
 
 @dataclass
@@ -127,7 +127,7 @@ def mine_hard_negatives(model: PatchClassifier, images: list[SplitImage], *, per
     run as a sliding-window detector, finds in each image. ``[N, 3, w, w]``"""
     out = []
     for it in images:
-        boxes, _ = detect_pyramid(model, it.image, scale_step=scale_step, stride=stride,
+        boxes, _ = sliding_window_detect(model, it.image, scale_step=scale_step, stride=stride,
                                   score_thresh=score_thresh, nms_iou=0.5, first_scale=first_scale,
                                   max_dets=None)                              # best first
         if len(it.boxes) and len(boxes):

@@ -153,7 +153,7 @@ def score_windows(model: PatchClassifier, image: torch.Tensor, *, stride: int,
 
 
 @torch.no_grad()
-def detect_pyramid(classifier: PatchClassifier, image: torch.Tensor, *, scale_step: float,
+def sliding_window_detect(classifier: PatchClassifier, image: torch.Tensor, *, scale_step: float,
                    min_size: int | None = None, window: int | None = None, stride: int = 4,
                    score_thresh: float = 0.5, nms_iou: float = 0.3, method: str = "fcn",
                    first_scale: float = 1.0, max_levels: int | None = None,
