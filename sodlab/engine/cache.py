@@ -13,6 +13,7 @@ overrides the whole path). Taught in notebook 10_benchmark_report.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,13 +78,13 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
     run_dir = (Path(cache_dir) if cache_dir else cache_root()) / key
     summary_path = run_dir / SUMMARY
     if summary_path.is_file() and (run_dir / "best.pt").is_file():
-        import json
-
         summary = json.loads(summary_path.read_text())
         summary["cached"] = True
         return run_dir / "best.pt", summary
+    what = f"{preset}{' ' + json.dumps(recipe) if recipe else ''}{' stage two' if extra else ''}"
     summary = train(cfg, root, run_dir, tcfg, device=device, progress=progress, resume=True,
-                    build_model=build_model)
+                    build_model=build_model,
+                    progress_desc=f"{what}, seed {seed}: not in the run cache, training")
     if summary.get("metrics") is None and (root / "val" / "annotations.json").is_file():
         from sodlab.engine.predict import evaluate_model, load_detector
 

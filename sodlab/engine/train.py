@@ -611,11 +611,12 @@ def _summary(run: Run, stopped: str, metrics: dict | None) -> dict:
             "precision": run.precision, "provenance": run.prov()}
 
 
-def run_training(run: Run, *, progress: bool, stop_at_step: int | None) -> dict:
+def run_training(run: Run, *, progress: bool, stop_at_step: int | None,
+                 desc: str = "train") -> dict:
     """Epochs until the budget (or ``stop_at_step``); validate and save at the end."""
     run.t_start, run.seconds_before = time.perf_counter(), run.state.seconds
     run.bare.train()
-    bar = tqdm(total=run.total, initial=run.state.step, disable=not progress, desc="train",
+    bar = tqdm(total=run.total, initial=run.state.step, disable=not progress, desc=desc,
                unit="step")
     stopped = None
     try:
@@ -644,7 +645,8 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike,
           tcfg: TrainConfig | dict | None = None, *, overrides: Sequence[str] | dict = (),
           device: str = "auto", resume: bool = False, progress: bool = True,
           stop_at_step: int | None = None,
-          build_model: Callable[[Any], torch.nn.Module] | None = None, **fields: Any) -> dict:
+          build_model: Callable[[Any], torch.nn.Module] | None = None,
+          progress_desc: str = "train", **fields: Any) -> dict:
     """Train and return a summary (steps, images seen, seconds, final validation metrics).
 
     ``cfg``: a ``DetectorConfig`` or a preset name; ``overrides``: ``key=value`` strings or a
@@ -652,6 +654,7 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike,
     ``max_steps=300, batch_size=8, recipe={...}``). ``stop_at_step``: stop after this global
     step as if interrupted (``last.pt`` written; resume later). ``build_model`` replaces
     ``sodlab.detector.build_detector`` (tests, baselines, a second stage on a trained base).
+    ``progress_desc``: the progress bar's label.
     """
     tcfg = train_config(tcfg, **fields)
     root, out_dir = Path(data_root), Path(out_dir)
@@ -672,7 +675,8 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike,
             run = setup_run(cfg, root, out_dir, tcfg, dev=dev, world=world, rank=rank,
                             overrides=overrides, build_model=build_model or _default_build,
                             resume=resume)
-            return run_training(run, progress=progress and rank == 0, stop_at_step=stop_at_step)
+            return run_training(run, progress=progress and rank == 0, stop_at_step=stop_at_step,
+                                desc=progress_desc)
     finally:
         if owns_group:
             dist.destroy_process_group()
