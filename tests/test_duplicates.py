@@ -398,3 +398,25 @@ def test_draw_relations_one_line_per_strong_pair_widths_by_strength():
     directed = draw_relations(ax, boxes, strength, symmetric=False, min_strength=0.15)
     assert len(directed) == 2  # 0 -> 1 (0.4) and 1 -> 0 (0.2)
     plt.close(fig)
+
+
+def test_stats_per_face_keeps_each_images_best_boxes():
+    gt = _coco([([[0, 0, 10, 10], [30, 0, 40, 10]], [0, 0], [0, 0]),
+                ([[0, 0, 10, 10]], [1], [0])])
+    dets = _dets([
+        # face 0 twice at the top, face 1 third: with 2 faces, per_face=1 keeps the duplicate
+        ([[0, 0, 10, 10], [0, 0, 10, 10.5], [30, 0, 40, 10]], [0.9, 0.8, 0.7]),
+        ([[0, 0, 10, 10], [0, 0, 10.5, 10], [0, 0, 10, 10.5]], [0.2, 0.3, 0.1]),
+    ])
+    one = dup.duplicate_stats(gt, dets, per_face=1.0)
+    assert one["group_duplicates"] == 1 and one["group_missed"] == 1
+    half = dup.duplicate_stats(gt, dets, per_face=0.5)  # ceil(0.5 * 2) = 1, ceil(0.5) = 1
+    assert half["group_duplicates"] == 0 and half["group_missed"] == 1
+    assert dup.duplicate_stats(gt, dets, per_face=1.5)["group_duplicates"] == 2
+    assert dup.duplicate_stats(gt, dets, per_face=3.0)["group_duplicates"] == \
+        dup.duplicate_stats(gt, dets)["group_duplicates"] == 3
+    # ranking alone decides: scaling every score changes nothing
+    scaled = [{**d, "score": d["score"] * 0.01} for d in dets]
+    assert dup.duplicate_stats(gt, scaled, per_face=1.0) == one
+    with pytest.raises(InputError, match="per_face"):
+        dup.duplicate_stats(gt, dets, per_face=-1)

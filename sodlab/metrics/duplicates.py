@@ -38,6 +38,7 @@ N receiving RoIs, M attended RoIs, H heads.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -126,12 +127,16 @@ def image_duplicates(faces: torch.Tensor, groups: torch.Tensor, det_boxes: torch
 
 
 def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
-                    score_thresh: float = 0.0, overlap: float = 0.0) -> dict:
+                    score_thresh: float = 0.0, per_face: float | None = None,
+                    overlap: float = 0.0) -> dict:
     """Duplicates per crowded image and missed neighbours of COCO results on a COCO dict.
 
     ``gt``: a COCO dict (``load_coco``) whose annotations may carry ``group``; ``dets``:
-    COCO results records (``to_coco_results``), those below ``score_thresh`` left out. A
-    detection counts only on faces of its own category. Returns the summed counts of
+    COCO results records (``to_coco_results``), those below ``score_thresh`` left out.
+    ``per_face``: keep only each image's ``ceil(per_face * F)`` best-scoring detections (F
+    its non-crowd faces), an operating point that depends on the ranking alone, not on
+    the scale of the scores (``1.0``: as many boxes as faces). A detection counts only on
+    faces of its own category. Returns the summed counts of
     ``image_duplicates`` plus ``images``, ``crowded_images`` (at least one group face),
     ``duplicates_per_image`` (group duplicates per crowded image),
     ``missed_neighbours_per_image`` (per crowded image), ``duplicates_all_per_image`` (all
@@ -145,6 +150,8 @@ def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
                          "'annotations' (sodlab.data.coco.load_coco)")
     if not 0.0 < iou <= 1.0:
         raise InputError(f"duplicate_stats: iou must be in (0, 1], got {iou}")
+    if per_face is not None and not per_face >= 0:
+        raise InputError(f"duplicate_stats: per_face must be >= 0, got {per_face}")
     image_ids = [int(im["id"]) for im in gt["images"]]
     known = set(image_ids)
     anns_by = annotations_by_image(gt)
@@ -160,6 +167,9 @@ def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
     for image_id in image_ids:
         anns = [a for a in anns_by.get(image_id, []) if not a.get("iscrowd", 0)]
         kept = [d for d in dets_by.get(image_id, []) if float(d["score"]) >= score_thresh]
+        if per_face is not None:
+            kept = sorted(kept, key=lambda d: -float(d["score"]))  # stable: ties keep order
+            kept = kept[:math.ceil(per_face * len(anns) - 1e-9)]
         groups = torch.tensor([_group_id(a) for a in anns], dtype=torch.long)  # [F]
         counts = image_duplicates(
             _xyxy(anns, f"image {image_id} annotations"), groups,
@@ -180,7 +190,9 @@ def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
             "duplicates_all_per_image": rate(total["duplicates"], len(image_ids)),
             "recall_groups": rate(total["group_faces"] - total["group_missed"],
                                   total["group_faces"]),
-            "iou": float(iou), "score_thresh": float(score_thresh), "overlap": float(overlap)}
+            "iou": float(iou), "score_thresh": float(score_thresh),
+            "per_face": None if per_face is None else float(per_face),
+            "overlap": float(overlap)}
 
 
 # --------------------------------------------------------------------------- post-processing
