@@ -29,7 +29,7 @@ from pathlib import Path
 
 # Run in this order by ``sodlab bench``; a name whose module does not exist yet is skipped.
 BENCHMARKS: list[str] = ["eval_speed", "train_speed", "sliding", "augment_speed", "recipe_speed",
-                         "quality"]
+                         "quality", "suite"]
 
 
 def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:
@@ -113,14 +113,16 @@ def load_benchmark(name: str):
 
 
 def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
-                   progress: bool = False, on_result=None, data_root=None) -> dict:
+                   progress: bool = False, on_result=None, data_root=None,
+                   options: dict | None = None) -> dict:
     """Run the benchmark modules in ``BENCHMARKS`` order (or the names in ``only``).
 
     Returns ``{"benchmarks": {name: result dict}, "skipped": {name: reason},
     "seconds": {name: s}, "provenance": {...}}``. ``on_result(name, result_or_None, note)``
     is called after each one (the CLI prints as it goes). A benchmark that raises is
     recorded under ``"failed"`` with its error and the others still run. ``data_root`` (a
-    dataset root) goes to every benchmark whose ``run`` takes one.
+    dataset root) goes to every benchmark whose ``run`` takes one; ``options`` maps a
+    benchmark's name to more keyword arguments of its ``run``.
     """
     from sodlab.errors import InputError
 
@@ -144,6 +146,7 @@ def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
             kw = {}
             if data_root is not None and "data_root" in inspect.signature(module.run).parameters:
                 kw["data_root"] = data_root
+            kw.update((options or {}).get(name) or {})
             result = module.run(quick=quick, progress=progress, **kw)
         except Exception as exc:  # keep going: one broken benchmark must not hide the rest
             out["failed"][name] = f"{type(exc).__name__}: {exc}"

@@ -230,6 +230,10 @@ def _bench_section(bench: dict) -> str:
                      f'{html.escape(str(prov.get("commit")))}</p>')
     seconds = bench.get("seconds") or {}
     for name, result in (bench.get("benchmarks") or {}).items():
+        if name == "suite":  # the technique suite has its own page, beside this one
+            parts.append('<h3>suite</h3><p>Every technique side by side: '
+                         '<a href="bench.html">bench.html</a></p>')
+            continue
         secs = seconds.get(name)
         title = html.escape(name) + (f' <span class="note">({secs:.1f} s)</span>'
                                      if isinstance(secs, (int, float)) else "")

@@ -1,32 +1,90 @@
-"""`sodlab bench`: run the benchmark modules side by side and write reports/bench.json.
+"""`sodlab bench`: run the benchmarks and write reports/bench.html, bench.json and bench.csv.
 
-Layer L4. ``sodlab bench [--quick|--full] [--only NAME,...] [--out reports/bench.json]``
-runs ``sodlab.bench.BENCHMARKS`` in order, prints a table per benchmark and writes one JSON with provenance (threads included).
-Exit code 1 if a benchmark failed, 2 on bad input.
+Layer L4. ``sodlab bench [--quick|--full] [--data ROOT] [--only NAME,...]
+[--update-reference]`` runs ``sodlab.bench.BENCHMARKS`` in order (the ``suite`` benchmark
+trains or takes from the run cache every technique the notebooks teach), prints a short
+table per benchmark, writes one JSON with provenance, and beside it ``bench.html`` (the
+page of ``sodlab.bench.page``), ``bench.csv`` and the plots. The page's regression check
+compares the run with ``results/bench_reference.json``; ``--update-reference`` rewrites that
+file from this run afterwards. Exit code 1 if a benchmark or a technique failed, 2 on bad
+input.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sodlab.cli import add_mode_arguments
+
+EPILOG = """\
+what it costs:
+  The suite trains each technique once per seed on the shared budget (quick: 1 seed,
+  250 steps x 8 images at 384 px; full: 3 seeds, 400 steps x 8) and takes every model the
+  notebooks already trained from the run cache (runs/cache). Quick with a filled cache:
+  minutes; quick from an empty cache: a few hours on 2 cores (SNIP and multi-scale
+  training cost about 10x a plain model); full: a day or more on 2 cores.
+
+examples:
+  sodlab bench --quick --only suite             the technique page on the embedded data
+  sodlab bench --only suite --data mydata       the same page on your COCO folder
+  sodlab bench --full --update-reference        a full run that becomes the reference
+  sodlab bench --only suite --techniques fpn,SNIP --max-steps 20 --set input_size=128
+"""
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "bench", help="run the speed/quality benchmarks and write reports/bench.json",
-        description="Run the benchmarks one after another on this machine; ratios are "
-        "measured side by side in one run.")
-    add_mode_arguments(p, quick_help="quick mode: small inputs (default)",
-                       full_help="full mode: the sizes the README quotes (slow)")
+        "bench", help="run the benchmarks; write reports/bench.html, bench.json, bench.csv",
+        description="Run the benchmarks one after another on this machine (ratios are "
+        "measured side by side in one run) and write the benchmark page. The 'suite' "
+        "benchmark puts every technique the notebooks teach on one data set and one "
+        "budget: accuracy by size with bootstrap intervals, VGA latency, training speed "
+        "and memory, torchvision's SSDlite trained in the same run, each paper's reported "
+        "change beside ours, and a regression check against results/bench_reference.json. "
+        "On your own data (--data), techniques that need what the data lacks are listed "
+        "as skipped, with the reason.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_arguments(p, quick_help="quick mode: one seed, the quick budget (default)",
+                       full_help="full mode: three seeds, the full budget (slow)")
     p.add_argument("--only", default=None, metavar="NAME,...",
-                   help="comma-separated benchmark names (default: all)")
+                   help="comma-separated benchmark names (default: all; 'suite' is the "
+                   "technique page)")
     p.add_argument("--out", default="reports/bench.json", metavar="FILE",
-                   help="JSON to write (default: reports/bench.json)")
+                   help="JSON to write; bench.html, bench.csv and the plots go beside it "
+                   "(default: reports/bench.json)")
     p.add_argument("--data", default=None, metavar="ROOT",
-                   help="dataset root (train/ and val/) for the benchmarks that train or load "
-                   "images (default: the embedded dataset)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+                   help="dataset root (train/ and val/, COCO annotations) for the benchmarks "
+                   "that train or load images (default: the embedded dataset)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="reference result for the regression check (default: "
+                   "results/bench_reference.json in the repository)")
+    p.add_argument("--update-reference", action="store_true",
+                   help="after the page is written, rewrite the reference from this run")
+    g = p.add_argument_group("suite options (a budget other than the shared one trains "
+                             "models the notebooks do not share)")
+    g.add_argument("--techniques", default=None, metavar="NAME,...",
+                   help="comma-separated technique names (default: all)")
+    g.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="training steps per model instead of the shared budget")
+    g.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="batch size with --max-steps (default 8)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="detector config override with --max-steps (repeatable), e.g. "
+                   "input_size=128")
+    g.add_argument("--no-speed", action="store_true",
+                   help="skip the per-preset training-speed and memory subprocesses")
+    g.add_argument("--vga-repeats", type=int, default=None, metavar="N",
+                   help="timed VGA forwards per technique and thread count (default: quick "
+                   "3, full 10)")
+    g.add_argument("--ssdlite-seconds", type=float, default=None, metavar="S",
+                   help="SSDlite's wall-clock training budget (default: what fpn took; at "
+                   "most 30 s in quick mode)")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show progress bars (default: when the terminal is interactive)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -40,32 +98,113 @@ def _table(result: dict) -> str:
     return "\n".join(f"  {k:<{width}}  {fmt(v)}" for k, v in flat.items())
 
 
+def _suite_table(suite: dict) -> str:
+    from sodlab.bench.page import technique_rows
+
+    rows = technique_rows(suite)
+    if not rows:
+        return "  (no techniques)"
+    width = max(len(r["technique"]) for r in rows)
+
+    def f(x, d=3):
+        return "     —" if x is None else f"{x:6.{d}f}"
+
+    lines = [f"  {'technique':<{width}}  status   AP_small AP_tiny  VGA ms (1 thread)"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"  {r['technique']:<{width}}  {r['status']:<8} {r['reason'][:70]}")
+            continue
+        lines.append(f"  {r['technique']:<{width}}  {r['status']:<8} {f(r['AP_small'])}  "
+                     f"{f(r['AP_tiny'])}  {f(r['vga_ms_1t'], 1)}")
+    return "\n".join(lines)
+
+
+def _suite_options(args) -> dict:
+    from sodlab.detector import parse_overrides
+    from sodlab.errors import InputError
+
+    opts: dict = {}
+    if args.techniques:
+        opts["techniques"] = [s.strip() for s in args.techniques.split(",") if s.strip()]
+    if args.max_steps is not None:
+        if args.max_steps < 1 or args.batch_size < 1:
+            raise InputError("--max-steps and --batch-size must be at least 1")
+        overrides = parse_overrides(args.set)
+        opts["budget"] = {"max_steps": args.max_steps, "batch_size": args.batch_size,
+                          "overrides": overrides}
+        opts["stage_budget"] = {"max_steps": args.max_steps, "batch_size": args.batch_size}
+    elif args.set:
+        raise InputError("--set changes the budget's detector config: give --max-steps too")
+    if args.no_speed:
+        opts["speed"] = False
+    if args.vga_repeats is not None:
+        if args.vga_repeats < 1:
+            raise InputError("--vga-repeats must be at least 1")
+        opts["repeats"] = args.vga_repeats
+    if args.ssdlite_seconds is not None:
+        opts["ssdlite_seconds"] = args.ssdlite_seconds
+    return opts
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from sodlab.bench import BENCHMARKS, run_benchmarks
-    from sodlab.files import write_json
+    from sodlab.bench.page import suite_of, write_page
+    from sodlab.errors import InputError
+    from sodlab.files import repo_root, write_json
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    print(f"benchmarks: {', '.join(only or BENCHMARKS)} "
-          f"({'quick' if args.quick else 'full'}, {torch.get_num_threads()} threads)", flush=True)
+    names = only or list(BENCHMARKS)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    options = {"suite": _suite_options(args)}
+    if options["suite"] and "suite" not in names:
+        raise InputError("the suite options (--techniques, --max-steps, ...) need the suite: "
+                         "add it to --only")
+    if args.update_reference and "suite" not in names:
+        raise InputError("--update-reference needs the suite: add it to --only")
+    ref_path = Path(args.reference) if args.reference else \
+        repo_root() / "results" / "bench_reference.json"
+    reference = None
+    if ref_path.is_file():
+        from sodlab.bench.page import load_bench
+
+        reference = load_bench(ref_path)
+    elif args.reference and not args.update_reference:
+        raise InputError(f"--reference {ref_path}: no such file")
+    print(f"benchmarks: {', '.join(names)} ({'quick' if args.quick else 'full'}, "
+          f"{torch.get_num_threads()} threads)", flush=True)
 
     def show(name, result, note) -> None:
         if result is None:
             print(f"\n{name}: {note}", flush=True)
+        elif name == "suite":
+            print(f"\n{name}\n{_suite_table(result)}", flush=True)
         else:
             print(f"\n{name}\n{_table(result)}", flush=True)
 
-    out = run_benchmarks(quick=args.quick, only=only, progress=args.progress, on_result=show,
-                         data_root=args.data)
+    out = run_benchmarks(quick=args.quick, only=only, progress=progress, on_result=show,
+                         data_root=args.data, options=options)
     write_json(args.out, out)
-    print(f"\nwrote {args.out}")
-    from pathlib import Path
-
+    paths = write_page(out, Path(args.out).parent, reference=reference,
+                       reference_label=str(ref_path.name), json_name=Path(args.out).name)
+    print(f"\nwrote {args.out}, {paths['html']}" + (f", {paths['csv']}" if "csv" in paths
+                                                   else ""))
+    suite = suite_of(out)
+    if args.update_reference:
+        if suite is None:
+            print("the suite did not run: the reference is unchanged", file=sys.stderr)
+        else:
+            write_json(ref_path, {"benchmarks": {"suite": suite},
+                                  "provenance": suite.get("provenance")})
+            print(f"updated the reference {ref_path}")
     from sodlab.bench.notebooks import refresh_index
 
     if Path(args.out).name == "bench.json":
         index = refresh_index(Path(args.out).parent)
         if index is not None:
             print(f"updated {index}")
-    return 1 if out["failed"] else 0
+    failed = bool(out["failed"]) or bool((suite or {}).get("failed"))
+    return 1 if failed else 0
