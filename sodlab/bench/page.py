@@ -254,8 +254,14 @@ def plot_frontier(suite: Mapping, *, key: str = "AP_small"):
     if front:
         fx, fy = zip(*(pts[n] for n in front))
         ax.step(fx, fy, where="post", color="#1f77b4", lw=1.2, label="frontier")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_xscale("log")
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("VGA (640 x 480) latency, one thread, ms (log)")
     ax.set_ylabel(f"{key} on val (mean over seeds)")
     mode = (suite.get("provenance") or {}).get("mode")
@@ -329,25 +335,25 @@ def plot_errors(suite: Mapping, buckets: Sequence[str] = ERROR_BUCKETS):
     names = [n for n in _ok(suite) if techs[n].get("errors")]
     if not names:
         return None
-    fig = _figure(4.2 * len(buckets) + 1.5, 0.32 * len(names) + 2.2)
+    grids = {b: np.array([[float((techs[n]["errors"]["dAP"].get(b) or {}).get(e, -1))
+                           for e in ERROR_TYPES] for n in names]) for b in buckets}  # [T, 6]
+    top = max([float(g.max()) for g in grids.values()] + [0.01])  # one colour scale for all
+    fig = _figure(4.0 * len(buckets) + 1.5, 0.32 * len(names) + 2.2)
     axes = fig.subplots(1, len(buckets), sharey=True, squeeze=False)[0]
     for ax, b in zip(axes, buckets):
-        grid = np.array([[max(float((techs[n]["errors"]["dAP"].get(b) or {}).get(e, -1)), -1)
-                          for e in ERROR_TYPES] for n in names])  # [T, 6]
-        shown = np.where(grid < 0, np.nan, grid)
-        im = ax.imshow(shown, aspect="auto", cmap="Reds", vmin=0,
-                       vmax=max(float(np.nanmax(shown)) if np.isfinite(shown).any() else 0,
-                                0.01))
+        grid = grids[b]
+        im = ax.imshow(np.where(grid < 0, np.nan, grid), aspect="auto", cmap="Reds", vmin=0,
+                       vmax=top)
         for i in range(len(names)):
             for j in range(len(ERROR_TYPES)):
                 v = grid[i, j]
                 ax.text(j, i, "—" if v < 0 else f"{v:.2f}", ha="center", va="center",
-                        fontsize=6.5)
+                        fontsize=6.5, color="white" if v > 0.6 * top else "black")
         ax.set_xticks(range(len(ERROR_TYPES)), ERROR_TYPES, rotation=35, ha="right",
                       fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_title(f"{b}: dAP per error type")
-        fig.colorbar(im, ax=ax, shrink=0.6)
+        ax.set_title(f"{b}: dAP per error type", fontsize=10)
+    fig.colorbar(im, ax=list(axes), shrink=0.7, label="AP gained by fixing the type")
     return fig
 
 

@@ -69,7 +69,8 @@ class PaperChange:
         if self.delta is not None:
             d = self.delta
             digits = 3 if self.unit == "fraction" else 1
-            unit = {"points": " points", "percent": " %", "fraction": ""}.get(self.unit, "")
+            unit = {"points": " points", "percent": " percentage points",
+                    "fraction": ""}.get(self.unit, "")
             return (f"{self.baseline:.{digits}f} \u2192 {self.result:.{digits}f} "
                     f"({d:+.{digits}f}{unit})")
         if self.relative is not None:

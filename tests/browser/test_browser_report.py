@@ -3,9 +3,9 @@
 A tiny fake run is made with the harness's own pieces (``sodlab.bench.record`` for the
 JSON, ``sodlab.bench.notebooks.export_html`` for the executed pages, ``report.write_index``
 for the index): one notebook that drew a figure, one that failed, one with no HTML. No
-kernel runs. ``REPORT_PAGES`` lists the pages checked; ``bench.html`` is the hook for the
-benchmark page: once the harness writes it, make it in ``fake_run`` and it is checked like
-``index.html`` (until then its test is skipped).
+kernel runs. ``REPORT_PAGES`` lists the pages checked; ``bench.html`` is the benchmark page
+of ``sodlab.bench.page``, written by ``fake_run`` from a fake suite result
+(``tests/test_bench_page.fake_bench``): its plots load, its links resolve, no errors.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
 import pytest
+from test_bench_page import fake_bench
 
+from sodlab.bench import page as bench_page
 from sodlab.bench import record, report
 from sodlab.bench.notebooks import NotebookResult, export_html
 from sodlab.widgets.canvas import figure_png
 
 pytestmark = pytest.mark.slow
 
-REPORT_PAGES = ["index.html", "bench.html"]  # bench.html: written by a later harness
+REPORT_PAGES = ["index.html", "bench.html"]
 IMAGES = """() => Array.from(document.images).map(
     i => ({src: i.src.slice(0, 80), complete: i.complete, width: i.naturalWidth}))"""
 LINKS = "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
@@ -76,12 +78,11 @@ def fake_run(reports: Path) -> list[dict]:
             res.numbers = json.loads((reports / res.json).read_text())["numbers"]
         rows.append(dataclasses.asdict(res))
     bench = reports / "bench.json"
-    bench.write_text(json.dumps({"benchmarks": {"eval_speed": {"speedup": 7.5}},
-                                 "skipped": {}, "failed": {}, "seconds": {"eval_speed": 4.0},
-                                 "provenance": {"mode": "quick", "threads": 1}}))
+    run = fake_bench()  # the technique suite on hand-made detections, and eval_speed
+    bench.write_text(json.dumps(run))
     report.write_index(reports, rows, provenance={"commit": "abc123", "threads": 1},
                        results_dir=results, bench_path=bench)
-    # hook: when the harness writes reports/bench.html, write it here as well
+    bench_page.write_page(run, reports)  # bench.html, bench.csv and the plots, as sodlab bench does
     return rows
 
 
@@ -103,20 +104,23 @@ def _images_load(pg) -> list[dict]:
 def test_report_page_from_disk(name, reports, page):
     reports_dir, rows = reports
     path = reports_dir / name
-    if not path.exists():
-        pytest.skip(f"the harness writes no reports/{name} yet; when it does, make it in "
-                    "fake_run and this test checks it")
+    assert path.is_file(), f"fake_run wrote no reports/{name}"
     pg, log = page
     pg.goto(path.as_uri(), wait_until="load")
-    _images_load(pg)
+    images = _images_load(pg)
     links = [u for u in pg.evaluate(LINKS) if urlparse(u).scheme == "file"]
     targets = {Path(unquote(urlparse(u).path)) for u in links}
     missing = [t for t in targets if not t.is_file()]
     assert not missing, f"links from {name} to missing files: {missing}"
     assert not log.console_errors and not log.page_errors, (log.console_errors, log.page_errors)
     assert not log.external, f"{name} loads assets from outside: {log.external}"
-    if name != "index.html":
+    if name == "bench.html":  # every plot shows, and the page links its JSON, CSV and index
+        assert len(images) == len(bench_page.PLOTS), images
+        want = {reports_dir / f for f in ("bench.json", "bench.csv", "index.html")}
+        assert want <= targets, (want, targets)
+        assert "copy-paste" in pg.inner_text("body")  # a skipped technique, with its reason
         return
+    assert reports_dir / "bench.html" in targets  # the index links the benchmark page
     # every executed notebook the run made is linked, and opens with its figure
     want = {reports_dir / r["html"] for r in rows if r.get("html")}
     assert want and want <= targets, (want, targets)
