@@ -164,7 +164,7 @@ def paper_frame(suite: Mapping):
              "paper's change": r["paper_text"], "ablation": r["ablation"],
              "ours": " \u2192 ".join(r["ours"][:2]) + f" on {r['ours'][2]}" if r.get("ours")
              else "—", "our delta": r.get("ours_delta"),
-             "our interval": _ci_text(r.get("ours_ci")), "outcome": r["outcome"]}
+             "our interval": ci_text(r.get("ours_ci")), "outcome": r["outcome"]}
             for r in suite.get("papers") or []]
     return pd.DataFrame(rows)
 
@@ -397,7 +397,8 @@ def _f(x, digits: int = 3) -> str:
     return "—" if v is None or v <= -1 else f"{v:.{digits}f}"
 
 
-def _ci_text(ci) -> str:
+def ci_text(ci) -> str:
+    """An interval ``[lo, hi]`` as text (signed when it reaches below zero; "—" when empty)."""
     if not ci or _num(ci[0]) is None or ci[0] <= -1 and ci[1] <= -1:
         return "—"
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] < 0 else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -426,7 +427,7 @@ def _metric_cell(t: Mapping, k: str, mark: str | None) -> str:
     ci = (t.get("ci") or {}).get(k)
     body = _f(mean)
     if ci and _metric(ci[0]) is not None:
-        body += f'<span class="ci">{_ci_text(ci)}</span>'
+        body += f'<span class="ci">{ci_text(ci)}</span>'
     css = "num"
     if mark == "moved":
         css += " moved"
@@ -489,7 +490,7 @@ def _comparisons_table(suite: Mapping) -> str:
             delta = _num(d.get("delta"))
             txt = "—" if delta is None else f"{delta:+.3f}"
             cells.append(f'<td class="num" title="{_e(d.get("sentence", ""))}">{txt}'
-                         f'<span class="ci">{_ci_text(d.get("diff_ci"))}</span>'
+                         f'<span class="ci">{ci_text(d.get("diff_ci"))}</span>'
                          f"{_verdict_span(d.get('verdict'))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
@@ -517,7 +518,7 @@ def _papers_table(suite: Mapping) -> str:
                  f"<td>{'yes' if r['ablation'] else 'no (context only)'}</td>",
                  f"<td>{ours}{note}</td>",
                  f'<td class="num">{"—" if delta is None else f"{delta:+.3f}"}</td>',
-                 f'<td class="num">{_ci_text(r.get("ours_ci"))}</td>',
+                 f'<td class="num">{ci_text(r.get("ours_ci"))}</td>',
                  f'<td title="{_e(r.get("sentence") or "")}">{_verdict_span(r.get("verdict"))}'
                  "</td>", f"<td>{_outcome_span(r['outcome'])}</td>"]
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -556,7 +557,7 @@ def _regression_section(reg: Mapping, reference_label: str | None) -> str:
             parts.append(f"<tr class=\"moved\"><td>{_e(m['technique'])}</td>"
                          f"<td>{_e(m['key'])}</td><td class=\"num\">{_f(m['value'])}</td>"
                          f"<td class=\"num\">{_f(m.get('reference'))}</td>"
-                         f"<td class=\"num\">{_ci_text(m['interval'])}</td></tr>")
+                         f"<td class=\"num\">{ci_text(m['interval'])}</td></tr>")
         parts.append("</table>")
     return "\n".join(parts)
 
@@ -716,6 +717,6 @@ def write_page(bench: Mapping, out_dir: str | os.PathLike = "reports", *,
 
 
 __all__ = ["write_page", "render_page", "write_plots", "write_csv", "csv_rows",
-           "technique_rows", "technique_frame", "paper_frame", "find_bench", "load_bench",
+           "technique_rows", "technique_frame", "paper_frame", "find_bench", "load_bench", "ci_text",
            "suite_of", "plot_frontier", "plot_buckets", "plot_pr", "plot_errors",
            "CSV_COLUMNS", "PLOTS", "PAGE"]
