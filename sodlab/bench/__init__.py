@@ -29,7 +29,7 @@ from pathlib import Path
 
 # Run in this order by ``sodlab bench``; a name whose module does not exist yet is skipped.
 BENCHMARKS: list[str] = ["eval_speed", "train_speed", "sliding", "augment_speed", "recipe_speed",
-                         "quality", "suite"]
+                         "quality", "precision", "suite"]
 
 
 def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:
