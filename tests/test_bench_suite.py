@@ -254,6 +254,46 @@ def test_is_cached_follows_the_run_cache(two_class_root, tmp_path, monkeypatch):
                                 budget=TINY) == ["SSDlite (seed 0)"]
 
 
+def test_is_cached_follows_a_second_stage(two_class_root, tmp_path, monkeypatch):
+    from sodlab.engine.stage_two import cached_stage_two
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    tech = suite.BY_NAME["RoI head"]
+    stage = {"max_steps": 1, "batch_size": 2}
+    kw = dict(seed=0, quick=True, budget=TINY, stage_budget=stage)
+    assert not suite.is_cached(tech, two_class_root, **kw)
+    cached_stage_two("fpn", two_class_root, tech.stage_two, seed=0, quick=True,
+                     base_budget=TINY, budget=stage)
+    assert suite.is_cached(tech, two_class_root, **kw)
+    assert suite.is_cached(suite.BY_NAME["fpn"], two_class_root, seed=0, quick=True,
+                           budget=TINY)  # its base
+    assert not suite.is_cached(suite.BY_NAME["Relation Networks"], two_class_root, **kw)
+
+
+def test_a_failing_technique_is_recorded_and_the_rest_run(two_class_root, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    real = suite._load
+
+    def load(tech, *args, **kwargs):
+        if tech.name == "fpn":
+            raise RuntimeError("broken on purpose")
+        return real(tech, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "_load", load)
+    res = suite.run(data_root=two_class_root, techniques=["baseline", "fpn", "copy-paste"],
+                    budget=TINY, speed=False, n_boot=3, repeats=1)
+    techs = res["techniques"]
+    assert techs["fpn"]["status"] == "failed" and "broken on purpose" in res["failed"]["fpn"]
+    assert techs["baseline"]["status"] == "ok" and techs["baseline"]["ci"]
+    assert res["skipped"] == {"copy-paste": techs["copy-paste"]["reason"]}
+    assert res["comparisons"] == {}  # fpn's comparison needs fpn
+    assert res["pr_curves"]["technique"] == "baseline"
+    json.dumps(res)  # plain JSON all through
+
+
 @pytest.mark.slow
 def test_bench_cli_on_own_data(two_class_root, tmp_path, monkeypatch, capsys):
     """`sodlab bench --only suite --data ROOT` with a tiny budget: the page, CSV and skips."""

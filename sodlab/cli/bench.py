@@ -196,7 +196,13 @@ def run(args: argparse.Namespace) -> int:
     if args.update_reference:
         if suite is None:
             print("the suite did not run: the reference is unchanged", file=sys.stderr)
+        elif suite.get("failed"):
+            print(f"{len(suite['failed'])} technique(s) failed: the reference is unchanged "
+                  "(a reference holds a complete run)", file=sys.stderr)
         else:
+            if args.quick:
+                print("note: a quick-mode reference checks quick runs only; the committed "
+                      "reference should come from a full run (--full)", file=sys.stderr)
             write_json(ref_path, {"benchmarks": {"suite": suite},
                                   "provenance": suite.get("provenance")})
             print(f"updated the reference {ref_path}")
