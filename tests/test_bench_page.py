@@ -107,6 +107,13 @@ def test_page_files_exist_and_links_resolve(bench, tmp_path):
         assert (tmp_path / t).is_file(), t
     assert "index.html" not in targets  # no notebook report beside it: no dead link
     assert "http" not in " ".join(targets)
+    # an executed notebook beside the page is linked from its techniques' rows
+    (tmp_path / "html").mkdir()
+    (tmp_path / "html" / "03_fpn.html").write_text("<html></html>")
+    (tmp_path / "index.html").write_text("<html></html>")
+    targets = _targets(page.write_page(bench, tmp_path)["html"].read_text())
+    assert "html/03_fpn.html" in targets and "index.html" in targets
+    assert "html/05_snip_sniper.html" not in targets
 
 
 def test_page_lists_skipped_and_failed_with_reasons(bench, tmp_path):

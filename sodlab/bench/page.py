@@ -444,7 +444,8 @@ def _speed_cell(t: Mapping, k: str, mark: str | None, digits: int = 1) -> str:
     return f'<td class="{css}">{body}</td>'
 
 
-def _techniques_table(suite: Mapping, marks: Mapping) -> str:
+def _techniques_table(suite: Mapping, marks: Mapping,
+                      notebook_pages: Mapping[str, str] | None = None) -> str:
     techs = suite.get("techniques") or {}
     head = ["Technique", "Status", "Notebook", *SHOWN, "VGA ms, 1 thread", "VGA ms, 2 threads",
             "train images/s", "peak MB (train)"]
@@ -456,7 +457,7 @@ def _techniques_table(suite: Mapping, marks: Mapping) -> str:
         m = marks.get(name) or {}
         cells = [f'<td><b>{_e(name)}</b><br><span class="note">{_e(t.get("what", ""))}'
                  "</span></td>", f"<td>{_status(t.get('status'))}</td>",
-                 f"<td>{_e(t.get('notebook') or '—')}</td>"]
+                 _notebook_cell(t.get("notebook"), notebook_pages or {})]
         if t.get("status") != "ok":
             why = t.get("reason") or t.get("error") or ""
             cells.append(f'<td colspan="{len(head) - 3}"><pre class="err">{_e(why)}</pre></td>'
@@ -475,6 +476,14 @@ def _techniques_table(suite: Mapping, marks: Mapping) -> str:
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _notebook_cell(stem: str | None, pages: Mapping[str, str]) -> str:
+    if not stem:
+        return "<td>—</td>"
+    if stem in pages:
+        return f'<td><a href="{_e(pages[stem])}">{_e(stem)}</a></td>'
+    return f"<td>{_e(stem)}</td>"
 
 
 def _comparisons_table(suite: Mapping) -> str:
@@ -598,12 +607,14 @@ def _provenance_footer(prov: Mapping) -> str:
 
 def render_page(bench: Mapping, *, plots: Mapping[str, str] | None = None,
                 reference: Mapping | None = None, reference_label: str | None = None,
-                links: Mapping[str, str] | None = None) -> str:
+                links: Mapping[str, str] | None = None,
+                notebook_pages: Mapping[str, str] | None = None) -> str:
     """The HTML text of ``bench.html`` (see the module docstring).
 
     ``bench``: ``run_benchmarks``' dict (or a bare suite result); ``plots``: ``{plot: file
     name}`` of PNGs beside the page; ``reference``: a reference in the same form;
-    ``links``: ``{text: relative href}`` shown under the title (only files that exist).
+    ``links``: ``{text: relative href}`` shown under the title (only files that exist);
+    ``notebook_pages``: ``{notebook stem: relative href}`` of executed notebooks to link.
     """
     from sodlab.bench.suite import regression
 
@@ -646,7 +657,7 @@ def render_page(bench: Mapping, *, plots: Mapping[str, str] | None = None,
                   "on one 640 x 480 image, trained weights, fp32, median. Training images/s "
                   "and peak memory: <code>measure_preset</code> of the technique's preset in a "
                   "fresh process (SSDlite: its own training run).</p>",
-                  _techniques_table(suite, reg.get("marks") or {})]
+                  _techniques_table(suite, reg.get("marks") or {}, notebook_pages)]
         for note in d.get("notes") or []:
             parts.append(f'<p class="note">{_e(note)}</p>')
         if suite.get("skipped"):
@@ -709,8 +720,12 @@ def write_page(bench: Mapping, out_dir: str | os.PathLike = "reports", *,
         links["table (CSV)"] = CSV_NAME
     if (out / "index.html").is_file():
         links["notebook report"] = "index.html"
+    stems = {t.get("notebook") for t in ((suite or {}).get("techniques") or {}).values()}
+    notebook_pages = {s: f"html/{s}.html" for s in stems
+                      if s and (out / "html" / f"{s}.html").is_file()}  # sodlab notebooks' pages
     text = render_page(bench, plots=plots, reference=reference,
-                       reference_label=reference_label, links=links)
+                       reference_label=reference_label, links=links,
+                       notebook_pages=notebook_pages)
     write_bytes(out / PAGE, text.encode("utf-8"))
     paths["html"] = out / PAGE
     return paths

@@ -17,6 +17,17 @@ import sys
 
 from sodlab.cli import add_mode_arguments
 
+DESCRIPTION = """\
+Run the benchmarks one after another on this machine (ratios are measured side by side
+in one run) and write the benchmark page. The 'suite' benchmark puts every technique the
+notebooks teach on one data set and one budget: accuracy by size with bootstrap
+intervals, VGA latency, training speed and memory, torchvision's SSDlite trained in the
+same run, each paper's reported change beside ours, and a regression check against
+results/bench_reference.json. On your own data (--data), techniques that need what the
+data lacks are listed as skipped, with the reason; a technique that fails is shown as
+failed and the others still run.
+"""
+
 EPILOG = """\
 what it costs:
   The suite trains each technique once per seed on the shared budget (quick: 1 seed,
@@ -36,14 +47,7 @@ examples:
 def register(sub) -> None:
     p = sub.add_parser(
         "bench", help="run the benchmarks; write reports/bench.html, bench.json, bench.csv",
-        description="Run the benchmarks one after another on this machine (ratios are "
-        "measured side by side in one run) and write the benchmark page. The 'suite' "
-        "benchmark puts every technique the notebooks teach on one data set and one "
-        "budget: accuracy by size with bootstrap intervals, VGA latency, training speed "
-        "and memory, torchvision's SSDlite trained in the same run, each paper's reported "
-        "change beside ours, and a regression check against results/bench_reference.json. "
-        "On your own data (--data), techniques that need what the data lacks are listed "
-        "as skipped, with the reason.",
+        description=DESCRIPTION,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_arguments(p, quick_help="quick mode: one seed, the quick budget (default)",
                        full_help="full mode: three seeds, the full budget (slow)")
@@ -63,8 +67,11 @@ def register(sub) -> None:
                    help="after the page is written, rewrite the reference from this run")
     g = p.add_argument_group("suite options (a budget other than the shared one trains "
                              "models the notebooks do not share)")
+    from sodlab.bench.suite import NAMES
+
     g.add_argument("--techniques", default=None, metavar="NAME,...",
-                   help="comma-separated technique names (default: all)")
+                   help="comma-separated technique names (default: all): "
+                   + ", ".join(NAMES))
     g.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="training steps per model instead of the shared budget")
     g.add_argument("--batch-size", type=int, default=8, metavar="N",
