@@ -103,36 +103,25 @@ def run(args) -> int:
                          "base checkpoint and a spec")
     if args.base is not None and args.overrides:
         raise InputError("--set cannot change a base's config; a second stage keeps it")
-    if args.base is not None:
-        from sodlab.engine.stage_two import train_stage_two
-
-        try:
-            summary = train_stage_two(
-                args.base, args.data, args.out, args.stage_two, preset=args.preset,
-                max_steps=args.max_steps, epochs=args.epochs, max_seconds=args.max_seconds,
-                batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                seed=args.seed, device=args.device, resume=args.resume,
-                progress=not args.no_progress, val_every=args.val_every,
-                num_workers=args.workers, precision=args.precision, recipe=recipe)
-        except TrainingDiverged as exc:
-            print(f"sodlab: training diverged: {exc}", file=sys.stderr)
-            return 3
-        if rank == 0:
-            print(f"trained a second stage on {args.base}: {summary_line(summary)}")
-            print(f"wrote {args.out}/best.pt, last.pt, log.jsonl, config.json")
-        return 0
+    fields = dict(max_steps=args.max_steps, epochs=args.epochs, max_seconds=args.max_seconds,
+                  batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                  seed=args.seed, device=args.device, resume=args.resume,
+                  progress=not args.no_progress, val_every=args.val_every,
+                  num_workers=args.workers, precision=args.precision, recipe=recipe)
     try:
-        summary = train(args.preset, args.data, args.out, max_steps=args.max_steps,
-                        epochs=args.epochs, max_seconds=args.max_seconds,
-                        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                        seed=args.seed, device=args.device, resume=args.resume,
-                        progress=not args.no_progress, overrides=args.overrides,
-                        val_every=args.val_every, num_workers=args.workers,
-                        precision=args.precision, recipe=recipe)
+        if args.base is not None:
+            from sodlab.engine.stage_two import train_stage_two
+
+            summary = train_stage_two(args.base, args.data, args.out, args.stage_two,
+                                      preset=args.preset, **fields)
+            what = f"a second stage on {args.base}"
+        else:
+            summary = train(args.preset, args.data, args.out, overrides=args.overrides, **fields)
+            what = args.preset
     except TrainingDiverged as exc:
         print(f"sodlab: training diverged: {exc}", file=sys.stderr)
         return 3
     if rank == 0:
-        print(f"trained {args.preset}: {summary_line(summary)}")
+        print(f"trained {what}: {summary_line(summary)}")
         print(f"wrote {args.out}/best.pt, last.pt, log.jsonl, config.json")
     return 0
