@@ -79,7 +79,7 @@ import torchvision
 from torch import nn
 
 from sodlab.boxes import box_area
-from sodlab.models.roi_head import RoIHead, rois_of
+from sodlab.models.roi_head import RoIHead, box_predictor, rois_of
 
 SMALL_AREA = 32.0 ** 2  # RoIs at most this big (input px²) get the generator's residual
 LARGE_AREA = 48.0 ** 2  # foreground RoIs at least this big are the discriminator's real examples
@@ -189,12 +189,7 @@ class Discriminator(nn.Module):
         self.perception = nn.Sequential(
             nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU())
-        self.cls = nn.Linear(hidden, num_classes + 1)
-        self.box = nn.Linear(hidden, 4)
-        nn.init.normal_(self.cls.weight, std=0.01)
-        nn.init.normal_(self.box.weight, std=0.001)
-        nn.init.zeros_(self.cls.bias)
-        nn.init.zeros_(self.box.bias)
+        self.cls, self.box = box_predictor(hidden, num_classes)
 
     def forward(self, x: torch.Tensor, branch: str = "adversarial"):
         if branch == "adversarial":

@@ -62,6 +62,20 @@ from sodlab.nms import nms
 Enhancer = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
 
+def box_predictor(width: int, num_classes: int) -> tuple[nn.Linear, nn.Linear]:
+    """Fast R-CNN's last layers: ``K + 1`` class logits and 4 class-agnostic box deltas.
+
+    Initialised as in Fast R-CNN's reference code: small normal weights (std 0.01, 0.001),
+    zero biases, so the first steps start from uniform classes and no box refinement.
+    """
+    cls, box = nn.Linear(width, num_classes + 1), nn.Linear(width, 4)
+    nn.init.normal_(cls.weight, std=0.01)
+    nn.init.normal_(box.weight, std=0.001)
+    nn.init.zeros_(cls.bias)
+    nn.init.zeros_(box.bias)
+    return cls, box
+
+
 def assign_levels(boxes: torch.Tensor, strides: Sequence[int], *, canonical: float = 56.0,
                   canonical_stride: int = 16) -> torch.Tensor:
     """Index into ``sorted(strides)`` of each box's pyramid level (the FPN rule). ``[N]`` int64."""
@@ -107,12 +121,7 @@ class RoIHead(nn.Module):
         self.relations = nn.ModuleList(
             nn.ModuleList(RelationModule(fc, heads=relation_heads, d_k=d_k)
                           for _ in range(relation)) for _ in range(2))
-        self.cls = nn.Linear(fc, num_classes + 1)
-        self.box = nn.Linear(fc, 4)
-        nn.init.normal_(self.cls.weight, std=0.01)
-        nn.init.normal_(self.box.weight, std=0.001)
-        nn.init.zeros_(self.cls.bias)
-        nn.init.zeros_(self.box.bias)
+        self.cls, self.box = box_predictor(fc, num_classes)
         self.duplicate = (DuplicateRemoval(fc, thresholds=tuple(nms_thresholds), first_n=first_n)
                           if learned_nms else None)
         self.coder = BoxCoder(weights=box_weights)
