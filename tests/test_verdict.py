@@ -43,20 +43,23 @@ def reference(diffs, a=None, b=None, d=None, min_seeds=3):
         else:
             return UNCLEAR
         return sign if apart == sign else UNCLEAR
-    return sign if len(diffs) >= min_seeds else UNCLEAR
+    return UNCLEAR  # no intervals: no direction
 
 
 # -- seeds only ---------------------------------------------------------------------------
 
-def test_seeds_only_three_agree_is_a_direction():
-    assert verdict([0.01, 0.02, 0.03]) == "up"
-    assert verdict([-0.01, -0.02, -0.03]) == "down"
+def test_seeds_alone_never_decide_a_direction():
+    # intervals apart AND every seed agreeing: agreement alone (1 time in 4 by chance for
+    # three seeds with no effect) is not enough
+    assert verdict([0.01, 0.02, 0.03]) == UNCLEAR
+    assert verdict([-0.01, -0.02, -0.03, -0.04, -0.05]) == UNCLEAR
+    assert "no intervals" in decide([0.01, 0.02, 0.03]).reason
 
 
-def test_seeds_only_needs_min_seeds():
-    assert verdict([0.01, 0.02]) == UNCLEAR
-    assert verdict([0.5]) == UNCLEAR
-    assert verdict([0.01, 0.02], min_seeds=2) == "up"
+def test_min_seeds_is_a_floor_beside_the_intervals():
+    assert verdict([0.02], ((0.10, 0.12), (0.13, 0.15))) == "up"
+    assert verdict([0.02], ((0.10, 0.12), (0.13, 0.15)), min_seeds=3) == UNCLEAR
+    assert verdict([0.02, 0.01, 0.03], ((0.10, 0.12), (0.13, 0.15)), min_seeds=3) == "up"
     with pytest.raises(InputError):
         verdict([0.1], min_seeds=0)
 
@@ -102,11 +105,11 @@ def test_interval_of_the_difference():
     assert verdict([0.02, 0.01], {"diff": (0.005, 0.03)}) == "up"
 
 
-def test_missing_intervals_fall_back_to_seeds():
+def test_missing_intervals_decide_nothing():
     for missing in (None, (None, B_HIGH), (A_LOW, None), (A_LOW, (math.nan, 0.2)),
                     {"a": A_LOW}, (math.nan, math.nan)):
-        assert verdict([0.01, 0.02, 0.03], missing) == "up", missing
-        assert verdict([0.01, 0.02], missing) == UNCLEAR, missing
+        assert verdict([0.01, 0.02, 0.03], missing) == UNCLEAR, missing
+        assert verdict([0.01, 0.02, 0.03], (A_LOW, B_HIGH)) == "up"
 
 
 def test_empty_bucket_interval_and_seed_decide_nothing():
@@ -120,8 +123,10 @@ def test_empty_bucket_interval_and_seed_decide_nothing():
 
 def test_pairs_and_mappings_and_arrays():
     pairs = [(0.10, 0.13), (0.11, 0.15), (0.12, 0.14)]
-    assert verdict(pairs) == "up" == verdict({0: 0.03, 1: 0.04, 2: 0.02})
-    assert verdict({"s0": (0.2, 0.1), "s1": (0.2, 0.15), "s2": (0.3, 0.1)}) == "down"
+    apart = (A_LOW, B_HIGH)
+    assert verdict(pairs, apart) == "up" == verdict({0: 0.03, 1: 0.04, 2: 0.02}, apart)
+    assert verdict({"s0": (0.2, 0.1), "s1": (0.2, 0.15), "s2": (0.3, 0.1)},
+                   (B_HIGH, A_LOW)) == "down"
     assert verdict(np.array([0.01, 0.02, 0.03]), np.array([A_LOW, B_HIGH])) == "up"
     d = decide(pairs)
     assert d.pairs == tuple(pairs) and d.diffs == pytest.approx((0.03, 0.04, 0.02))
@@ -171,11 +176,15 @@ def test_sentence_has_the_numbers():
     assert "baseline 0.100-0.124" in s and "fpn 0.421-0.453" in s and "apart" in s
 
 
-def test_sentence_lower_is_better_and_chance():
-    s = verdict_sentence([0.01, 0.02, 0.03], metric="ms/img", higher_is_better=False)
-    assert ": up (worse)." in s and "no intervals" in s and "1 time in 4" in s
-    s = verdict_sentence([-0.01, -0.02, -0.03, -0.01], metric="loss", higher_is_better=False)
-    assert ": down (better)." in s and "1 time in 8" in s
+def test_sentence_lower_is_better_and_no_intervals():
+    s = verdict_sentence([0.01, 0.02, 0.03], (A_LOW, B_HIGH), metric="ms/img",
+                         higher_is_better=False)
+    assert ": up (worse)." in s
+    s = verdict_sentence([-0.01, -0.02, -0.03, -0.01], (B_HIGH, A_LOW), metric="loss",
+                         higher_is_better=False)
+    assert ": down (better)." in s
+    s = verdict_sentence([0.01, 0.02, 0.03], metric="AP")
+    assert ": no clear difference." in s and "no intervals" in s and "point up" in s
 
 
 def test_sentence_unclear_and_difference_interval():

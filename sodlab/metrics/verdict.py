@@ -24,9 +24,10 @@ The rule, with the signs of the ``S`` differences:
 2. with intervals: they must also be apart in that same direction (B's interval wholly above
    A's, or the difference's interval wholly above zero), however many seeds there are; with
    one seed it is the intervals that decide, and only if that seed agrees;
-3. without intervals: the seeds alone decide only when there are at least ``min_seeds``
-   (default 3) and all agree. With no effect at all, S seeds agree by chance with
-   probability 2 / 2^S (1 in 4 for three), which the sentence says.
+3. without intervals there is no direction, however many seeds agree: with no effect at
+   all, three seeds agree in sign by chance one time in four, so agreement alone is weak
+   evidence. ``min_seeds`` (default 1) is the fewest seeds a direction needs besides the
+   intervals.
 
 ``"up"``/``"down"`` name the direction of the metric's *value* (B's minus A's), whatever the
 metric; whether up is better is for ``verdict_sentence(higher_is_better=...)`` to say.
@@ -42,7 +43,7 @@ from sodlab.errors import InputError
 
 UP, DOWN, UNCLEAR = "up", "down", "no clear difference"
 VERDICTS = (UP, DOWN, UNCLEAR)
-MIN_SEEDS = 3
+MIN_SEEDS = 1
 EMPTY = -1.0  # evaluate's value for a bucket without objects; bootstrap_ci's (-1, -1)
 
 
@@ -184,10 +185,12 @@ def decide(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> Decision:
     elif idiff is not None:
         apart = 1 if idiff[0] > 0 else -1 if idiff[1] < 0 else 0
     else:
-        if len(diffs) < min_seeds:
-            return out(UNCLEAR, f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''} and no "
-                                f"intervals: the seeds alone decide only from {min_seeds}")
-        return out(word, f"all {len(diffs)} seeds agree")
+        agree = "the seed points" if len(diffs) == 1 else f"all {len(diffs)} seeds point"
+        return out(UNCLEAR, f"{agree} {word} but there are no intervals: a direction needs "
+                            "intervals apart as well")
+    if len(diffs) < min_seeds:
+        return out(UNCLEAR, f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}: a direction "
+                            f"needs at least {min_seeds}")
     if apart == 0:
         return out(UNCLEAR, "the intervals overlap")
     if apart != sign:
@@ -200,7 +203,7 @@ def verdict(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> str:
     """``"up"``, ``"down"`` or ``"no clear difference"`` for B against A (module docstring).
 
     >>> verdict([0.02, 0.01, 0.03])                        # three seeds agree, no intervals
-    'up'
+    'no clear difference'
     >>> verdict([0.02], ((0.10, 0.12), (0.13, 0.15)))      # one seed, intervals apart
     'up'
     >>> verdict([(0.30, 0.28), (0.31, 0.33), (0.29, 0.27)])  # pairs (a, b): signs differ
@@ -250,9 +253,6 @@ def verdict_sentence(per_seed, intervals=None, *, metric: str = "the metric", a:
     else:
         body += "; no intervals"
     tail = "" if not n else d.reason
-    if d.verdict != UNCLEAR and d.interval_a is None and d.interval_diff is None:
-        tail += (f"; with no effect at all, {n} seeds would agree by chance "
-                 f"1 time in {2 ** (n - 1)}")
     return f"{head}. {body}; {tail}." if tail else f"{head}. {body}."
 
 
