@@ -220,6 +220,8 @@ def test_predict_maps_boxes_and_ids_back(root, tmp_path, tiny_detector):
     same = pred.predict(arr)
     assert torch.allclose(same["boxes"], out["boxes"])
     assert torch.allclose(pred.predict(Image.open(img))["scores"], out["scores"])
+    both = pred.predict([img, arr])  # a list runs as one batch, results per image
+    assert len(both) == 2 and torch.allclose(both[0]["boxes"], out["boxes"], atol=1e-4)
     # the same image at twice the size gives boxes at twice the coordinates (input_size fixed)
     big = np.asarray(Image.open(img).resize((128, 96), Image.BILINEAR))
     assert pred.predict(big)["boxes"][:, 2:].max() <= 128

@@ -231,14 +231,21 @@ class Predictor:
         self.categories = list(categories)
         self.config = config or {}
 
-    def predict(self, image_or_path: Any, *, score_thresh: float = 0.0) -> dict:
-        """``{"boxes": [N, 4] xyxy original px, "scores": [N], "category_ids": [N]}``."""
-        image = as_image(image_or_path)  # [3, H, W]
-        out = detect_batch(self.model, [image], input_size=self.input_size)[0]
-        keep = out["scores"] >= score_thresh
+    def predict(self, image_or_path: Any, *, score_thresh: float = 0.0) -> dict | list[dict]:
+        """``{"boxes": [N, 4] xyxy original px, "scores": [N], "category_ids": [N]}``.
+
+        One image (a path, PIL image, array or tensor, any size), or a list of them (then a
+        list of such dicts, run as one batch through ``detect_batch``).
+        """
+        many = isinstance(image_or_path, (list, tuple))
+        images = [as_image(x) for x in (image_or_path if many else [image_or_path])]
         ids = torch.tensor(self.cat_ids, dtype=torch.int64)
-        return {"boxes": out["boxes"][keep], "scores": out["scores"][keep],
-                "category_ids": ids[out["labels"][keep]]}
+        outs = []
+        for out in detect_batch(self.model, images, input_size=self.input_size):
+            keep = out["scores"] >= score_thresh
+            outs.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep],
+                         "category_ids": ids[out["labels"][keep]]})
+        return outs if many else outs[0]
 
     __call__ = predict
 
