@@ -1,7 +1,7 @@
 """TIDE error breakdown per size bucket: why each detection is wrong and each object missed.
 
 Layer L1. Paper: Bolya et al. 2020, "TIDE: A General Toolbox for Identifying Object
-Detection Errors". Taught in notebook 09 (benchmark report) and used by ``sodlab eval
+Detection Errors". Taught in notebook 10_benchmark_report and used by ``sodlab eval
 --errors``. Definitions follow TIDE's reference implementation (``tidecv/quantify.py``):
 per image, detections (top 100 by score) are matched greedily, in score order, to the
 unused same-class ground truth of highest IoU when that IoU >= ``fg_iou``; unmatched
