@@ -92,6 +92,9 @@ def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     boxes, scores, labels = boxes[order], scores[order], labels[order]
     ov = _overlap(boxes, boxes, metric) >= thresh  # [D, D]
     ov &= labels[:, None] == labels[None]
+    # A box always claims itself, also when it has no area (a box clipped to a tile's edge):
+    # its overlap with itself is then 0, and it would claim nothing, not even its own group.
+    ov.fill_diagonal_(True)
     if method == "merge":
         area = torchvision.ops.box_area(boxes)  # [D]
         big = torch.max(area[:, None], area[None])  # [D, D]

@@ -108,3 +108,20 @@ def test_gate_argument_errors():
     with pytest.raises(InputError):
         merge_boxes(b, torch.ones(1), torch.zeros(1, dtype=torch.long), method="merge",
                     grow_area_ratio=0.5)
+
+
+@pytest.mark.parametrize("method", ["merge", "nms"])
+def test_a_box_without_area_keeps_itself(method):
+    # a detection clipped to a tile's edge can have zero width: its IoS with itself is 0,
+    # and it must still come out as its own group (it once crashed the enclosing-box step)
+    flat = [30.0, 10, 30, 25]  # zero width
+    face = [50.0, 50, 60, 60]
+    boxes = torch.tensor([face, flat])
+    scores = torch.tensor([0.9, 0.4])
+    labels = torch.zeros(2, dtype=torch.long)
+    out = merge_boxes(boxes, scores, labels, method=method, metric="ios")
+    assert out["boxes"].tolist() == [face, flat]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.4])
+    ref_b, ref_s = _slow_merge(boxes, scores, labels, thresh=0.5, ratio=0.5, floor=0.0,
+                               area_ratio=4.0)
+    assert ref_b == [face, flat]
