@@ -72,12 +72,13 @@ from dataclasses import dataclass, field
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from sodlab.anchors import LevelSpec, anchors_for_level
 from sodlab.boxes import BoxCoder, clip_boxes
 from sodlab.errors import InputError
 from sodlab.losses import box_loss, focal_loss, softmax_ohem_loss
-from sodlab.matching import context_boxes, match_anchors, pyramid_anchor_labels
+from sodlab.matching import context_boxes, match_anchors_batch, pyramid_anchor_labels
 from sodlab.models.backbones import build_backbone
 from sodlab.models.context import LevelCPM
 from sodlab.models.heads import ContextClassifier, Head
@@ -365,56 +366,73 @@ class Detector(nn.Module):
     def loss(self, cls: torch.Tensor, box: torch.Tensor, anchors: torch.Tensor,
              targets: list[dict], *, context: torch.Tensor | None = None,
              hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        """Face losses; with ``context [B, A, 2, 2]`` also the head and body terms (module doc)."""
+        """Face losses; with ``context [B, A, 2, 2]`` also the head and body terms (module doc).
+
+        All images are matched at once (``match_anchors_batch``); counted anchors and positives
+        are then gathered over ``[B, A]`` in row-major order: image by image, anchor order.
+        """
         cfg = self.cfg
-        labels_all, logits_all, deltas_pred, deltas_tgt = [], [], [], []
-        ctx_labels: list[list[torch.Tensor]] = [[], []]
-        ctx_logits: list[list[torch.Tensor]] = [[], []]
-        n_derived = n_context = 0
-        for b, t in enumerate(targets):
-            gt = t["boxes"].to(anchors.dtype)
-            crowd = t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
-            if context is not None:
-                h, w = t.get("size", hw)
-                for r, (key, k) in enumerate((("head_boxes", 1), ("body_boxes", 2))):
-                    given = t.get(key) if cfg.pyramid_boxes == "real" else None
-                    real = torch.zeros(len(gt), dtype=torch.bool, device=gt.device) \
-                        if given is None else torch.isfinite(given).all(1).to(gt.device)
-                    n_context += int((~crowd.bool()).sum())
-                    n_derived += int((~crowd.bool() & ~real).sum())
-                    targets_k = clip_boxes(context_boxes(gt, k, given=given), h, w)  # [N, 4]
-                    mk = pyramid_anchor_labels(anchors, targets_k, crowd)  # [A]
-                    counted = mk >= -1
-                    ctx_labels[r].append(torch.where(mk[counted] >= 0, 0, -1))
-                    ctx_logits[r].append(context[b][counted, r])  # [M, 2]
-            m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
-                              allow_low_quality=cfg.low_quality, compensate=cfg.compensate)
-            counted = m >= -1  # [A] positives and negatives
-            lab = torch.full_like(m, -1)
-            pos = m >= 0
-            lab[pos] = t["labels"].to(m.device)[m[pos]]
-            labels_all.append(lab[counted])
-            logits_all.append(cls[b][counted])
-            deltas_pred.append(box[b][pos])
-            deltas_tgt.append(self.coder.encode(gt[m[pos]], anchors[pos]))
-        labels = torch.cat(labels_all)
+        gts = [t["boxes"].to(anchors.dtype) for t in targets]  # B x [N_b, 4]
+        crowds = [t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
+                  for t, gt in zip(targets, gts)]  # B x [N_b]
+        m = match_anchors_batch(anchors, gts, crowds, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
+                                allow_low_quality=cfg.low_quality,
+                                compensate=cfg.compensate)  # [B, A]
+        counted, pos = m >= -1, m >= 0  # [B, A] positives and negatives; positives
+        b_idx, a_idx = torch.nonzero(pos, as_tuple=True)  # [P]
+        obj = m[b_idx, a_idx]  # [P] the object of each positive in its image
+        pad_labels = pad_sequence([t["labels"].to(m.device) for t in targets], batch_first=True,
+                                  padding_value=-1)  # [B, N]
+        pad_gt = pad_sequence([gt.reshape(-1, 4) for gt in gts], batch_first=True)  # [B, N, 4]
+        lab = torch.full_like(m, -1)  # [B, A]
+        lab[b_idx, a_idx] = pad_labels[b_idx, obj].to(lab.dtype)
+        labels = lab[counted]  # [M]
         num_pos = float((labels >= 0).sum())
-        logits = torch.cat(logits_all)
+        logits = cls[counted]  # [M, K']
         if cfg.loss == "focal":
             l_cls = focal_loss(logits, labels, num_pos)
         else:
             l_cls = softmax_ohem_loss(logits, labels, num_pos)
-        l_box = box_loss(torch.cat(deltas_pred), torch.cat(deltas_tgt), num_pos)
+        deltas_tgt = self.coder.encode(pad_gt[b_idx, obj], anchors[a_idx])  # [P, 4]
+        l_box = box_loss(box[pos], deltas_tgt, num_pos)
         out = {"loss": l_cls + l_box, "cls": l_cls.detach(), "box": l_box.detach(),
                "num_pos": torch.tensor(num_pos)}
         if context is not None:
-            for r, name in enumerate(("head", "body")):
-                lab = torch.cat(ctx_labels[r])  # [M]
-                l_ctx = softmax_ohem_loss(torch.cat(ctx_logits[r]), lab, float((lab >= 0).sum()))
+            ctx, derived = self._context_losses(context, anchors, targets, gts, crowds, hw)
+            for name, l_ctx in ctx.items():
                 out["loss"] = out["loss"] + CONTEXT_WEIGHTS[name] * l_ctx
                 out[name] = l_ctx.detach()
-            out["context_derived"] = torch.tensor(n_derived / max(n_context, 1))
+            out["context_derived"] = torch.tensor(derived)
         return out
+
+    def _context_losses(self, context: torch.Tensor, anchors: torch.Tensor, targets: list[dict],
+                        gts: list[torch.Tensor], crowds: list[torch.Tensor],
+                        hw: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], float]:
+        """PyramidAnchors' head and body losses, labelled image by image; the share of derived
+        context boxes among the trained faces' (module doc)."""
+        cfg = self.cfg
+        ctx_labels: list[list[torch.Tensor]] = [[], []]
+        ctx_logits: list[list[torch.Tensor]] = [[], []]
+        n_derived = n_context = 0
+        for b, (t, gt, crowd) in enumerate(zip(targets, gts, crowds)):
+            h, w = t.get("size", hw)
+            for r, (key, k) in enumerate((("head_boxes", 1), ("body_boxes", 2))):
+                given = t.get(key) if cfg.pyramid_boxes == "real" else None
+                real = torch.zeros(len(gt), dtype=torch.bool, device=gt.device) \
+                    if given is None else torch.isfinite(given).all(1).to(gt.device)
+                n_context += int((~crowd.bool()).sum())
+                n_derived += int((~crowd.bool() & ~real).sum())
+                targets_k = clip_boxes(context_boxes(gt, k, given=given), h, w)  # [N, 4]
+                mk = pyramid_anchor_labels(anchors, targets_k, crowd)  # [A]
+                counted = mk >= -1
+                ctx_labels[r].append(torch.where(mk[counted] >= 0, 0, -1))
+                ctx_logits[r].append(context[b][counted, r])  # [M, 2]
+        losses = {}
+        for r, name in enumerate(("head", "body")):
+            lab = torch.cat(ctx_labels[r])  # [M]
+            losses[name] = softmax_ohem_loss(torch.cat(ctx_logits[r]), lab,
+                                             float((lab >= 0).sum()))
+        return losses, n_derived / max(n_context, 1)
 
     @torch.no_grad()
     def postprocess(self, outs, anchors, hw, targets=None) -> list[dict]:

@@ -30,12 +30,23 @@ to a cell centre. Real head/body boxes (the embedded data set has them) can repl
 derived ones face by face. ``pyramid_anchor_labels`` then labels every anchor against one
 set of context boxes: IoU strictly above ``threshold``, no low-quality matches.
 
+``match_anchors_batch`` matches the B images of a batch at once and returns exactly what
+stacking ``match_anchors`` image by image returns: each image's trained objects (and, apart,
+its ignored ones) are padded to the batch's largest count, so that one IoU tensor
+``[B, A, N]`` serves the threshold and low-quality stages (padded columns hold IoU -1 and
+never match); only S3FD's compensation, which takes anchors object by object, loops.
+
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
-box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2).
-Dimension legend: A anchors, N objects, k the pyramid-anchor order (0 face, 1 head, 2 body).
+box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2); ``match_anchors_batch`` takes a list of B
+such boxes and returns ``[B, A]``.
+Dimension legend: B images, A anchors, N objects (per image, or the batch's largest count
+when padded), C ignored objects (padded likewise), k the pyramid-anchor order (0 face,
+1 head, 2 body).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torchvision
@@ -130,6 +141,14 @@ def _compensate(out: torch.Tensor, iou: torch.Tensor, keep: torch.Tensor, n: int
     counts = torch.bincount(out[out >= 0], minlength=n_boxes)[keep]  # [N'] stage-one matches
     if n is None:
         n = max(1, round(float(counts.float().mean())))
+    _take_free(out, iou, counts, n, min_iou, keep)
+
+
+def _take_free(out: torch.Tensor, iou: torch.Tensor, counts: torch.Tensor, n: int,
+               min_iou: float, ids) -> None:
+    """Stage two of one image, in place on ``out [A]``: object j (column j of ``iou [A, N']``,
+    ``counts[j]`` stage-one matches) under ``n`` takes its top-IoU free anchors, as ``ids[j]``.
+    Objects go in column order, so an earlier one takes a contested anchor first."""
     for j in torch.nonzero(counts < n).flatten().tolist():
         free = (out < 0) & (iou[:, j] > min_iou)  # [A] anchors nobody holds, overlap > 0.1
         need = n - int(counts[j])
@@ -137,7 +156,101 @@ def _compensate(out: torch.Tensor, iou: torch.Tensor, keep: torch.Tensor, n: int
         if len(cand) == 0:
             continue
         take = cand[iou[cand, j].topk(min(need, len(cand))).indices]
-        out[take] = keep[j]
+        out[take] = ids[j]
+
+
+def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
+                        ignore: list[torch.Tensor | None] | None = None, *,
+                        pos_iou: float = 0.5, neg_iou: float = 0.4,
+                        allow_low_quality: bool = True, ignore_ioa: float = 0.5,
+                        compensate: bool = False, compensate_n: int | None = None,
+                        min_iou: float = 0.1) -> torch.Tensor:
+    """``match_anchors`` for B images at once: row b is exactly
+    ``match_anchors(anchors, boxes[b], ignore[b], **same options)``. ``[B, A]`` int64.
+
+    ``boxes``: B tensors ``[N_b, 4]``; ``ignore``: None, or B tensors ``[N_b]`` bool (or None).
+    """
+    B, A = len(boxes), len(anchors)
+    out = torch.full((B, A), NEGATIVE, dtype=torch.int64, device=anchors.device)
+    if B == 0:
+        return out
+    boxes = [b.to(anchors.device).reshape(-1, 4) for b in boxes]
+    flags = [torch.zeros(len(b), dtype=torch.bool, device=anchors.device)
+             if ignore is None or ignore[i] is None else ignore[i].to(anchors.device).bool()
+             for i, b in enumerate(boxes)]  # B x [N_b]
+    kept, kept_idx, kept_ok = _pad_objects(boxes, [~f for f in flags])  # [B, N, 4], [B, N] x2
+    if kept.shape[1]:
+        iou = torchvision.ops.box_iou(anchors, kept.flatten(0, 1))  # [A, B * N]
+        iou = iou.view(A, B, -1).permute(1, 0, 2)  # [B, A, N]
+        iou.masked_fill_(~kept_ok[:, None, :], -1.0)  # padded columns never match
+        col = _threshold_stage(iou, pos_iou, neg_iou, allow_low_quality)  # [B, A] column
+        col.masked_fill_(~kept_ok.any(1)[:, None], NEGATIVE)  # images with no trained object
+        if compensate:
+            _compensate_batch(col, iou, kept_ok, compensate_n, min_iou)
+        out = torch.where(col >= 0, kept_idx.gather(1, col.clamp(min=0)), col)  # box index
+    crowd, _, crowd_ok = _pad_objects(boxes, flags)  # [B, C, 4], [B, C]
+    if crowd.shape[1]:
+        cover = ioa(anchors, crowd.flatten(0, 1)).view(A, B, -1).permute(1, 0, 2)  # [B, A, C]
+        cover = cover.masked_fill(~crowd_ok[:, None, :], -math.inf).max(2).values  # [B, A]
+        on_crowd = (cover >= ignore_ioa) & crowd_ok.any(1)[:, None]  # [B, A]
+        out = out.masked_fill(on_crowd & (out < 0), IGNORE)
+    return out
+
+
+def _pad_objects(boxes: list[torch.Tensor], select: list[torch.Tensor]):
+    """The selected boxes of each image, in image order, padded to the largest count N:
+    boxes ``[B, N, 4]`` (zeros where padded), each one's index in its image ``[B, N]``,
+    and which entries are real ``[B, N]`` bool."""
+    B, device = len(boxes), boxes[0].device
+    sizes = torch.tensor([len(b) for b in boxes], device=device)  # [B]
+    img = torch.repeat_interleave(torch.arange(B, device=device), sizes)  # [T] image of a box
+    local = torch.arange(len(img), device=device) - (sizes.cumsum(0) - sizes)[img]  # [T]
+    sel = torch.cat(select)  # [T]
+    img, local = img[sel], local[sel]  # [S]
+    n_sel = torch.bincount(img, minlength=B)  # [B] selected per image
+    slot = torch.arange(len(img), device=device) - (n_sel.cumsum(0) - n_sel)[img]  # [S]
+    n = int(n_sel.max())
+    flat = torch.cat(boxes)  # [T, 4]
+    padded = flat.new_zeros((B, n, 4))
+    padded[img, slot] = flat[sel]
+    index = torch.zeros((B, n), dtype=torch.int64, device=device)
+    index[img, slot] = local
+    real = torch.zeros((B, n), dtype=torch.bool, device=device)
+    real[img, slot] = True
+    return padded, index, real
+
+
+def _threshold_stage(iou: torch.Tensor, pos_iou: float, neg_iou: float,
+                     allow_low_quality: bool) -> torch.Tensor:
+    """Stage one of ``match_anchors`` on ``iou [B, A, N]``: each anchor's column index,
+    ``NEGATIVE`` or ``IGNORE``. ``[B, A]`` int64."""
+    B, A, _ = iou.shape
+    best, arg = iou.max(2)  # [B, A] best object of each anchor (the first on a tie)
+    col = torch.where(best >= pos_iou, arg,
+                      torch.where((best >= neg_iou) & (best < pos_iou), IGNORE, NEGATIVE))
+    if allow_low_quality:
+        top = iou.max(1, keepdim=True).values  # [B, 1, N] best IoU of each object
+        b, a, j = torch.nonzero((iou == top) & (top > 0), as_tuple=True)  # every tied anchor
+        # an anchor best for several objects keeps the last, as match_anchors' write does
+        last = torch.full((B * A,), -1, dtype=torch.int64, device=iou.device)
+        last = last.scatter_reduce(0, b * A + a, j, "amax").view(B, A)  # [B, A]
+        col = torch.where(last >= 0, last, col)
+    return col
+
+
+def _compensate_batch(col: torch.Tensor, iou: torch.Tensor, real: torch.Tensor,
+                      n: int | None, min_iou: float) -> None:
+    """S3FD stage two of every image, in place on the column indices ``col [B, A]``:
+    stage-one counts for the whole batch, then only the objects under N take anchors."""
+    B, _, N = iou.shape
+    mine = col + torch.arange(B, device=col.device)[:, None] * N  # [B, A] flat object index
+    counts = torch.bincount(mine[col >= 0], minlength=B * N).view(B, N)  # [B, N]
+    for b, n_b in enumerate(real.sum(1).tolist()):  # trained objects come first in a row
+        if n_b == 0:
+            continue
+        counts_b = counts[b, :n_b]  # [N_b]
+        n_img = n if n is not None else max(1, round(float(counts_b.float().mean())))
+        _take_free(col[b], iou[b, :, :n_b], counts_b, n_img, min_iou, range(n_b))
 
 
 def match_counts(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
