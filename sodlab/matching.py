@@ -33,8 +33,10 @@ set of context boxes: IoU strictly above ``threshold``, no low-quality matches.
 ``match_anchors_batch`` matches the B images of a batch at once and returns exactly what
 stacking ``match_anchors`` image by image returns: each image's trained objects (and, apart,
 its ignored ones) are padded to the batch's largest count, so that one IoU tensor
-``[B, A, N]`` serves the threshold and low-quality stages (padded columns hold IoU -1 and
-never match); only S3FD's compensation, which takes anchors object by object, loops.
+``[B, N, A]`` (anchors along memory, so that the best object of each anchor and the best
+anchor of each object are both fast reductions) serves the threshold and low-quality stages
+(padded objects hold IoU -1 and never match); only S3FD's compensation, which takes anchors
+object by object, loops.
 
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
 box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2); ``match_anchors_batch`` takes a list of B
@@ -180,9 +182,8 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
              for i, b in enumerate(boxes)]  # B x [N_b]
     kept, kept_idx, kept_ok = _pad_objects(boxes, [~f for f in flags])  # [B, N, 4], [B, N] x2
     if kept.shape[1]:
-        iou = torchvision.ops.box_iou(anchors, kept.flatten(0, 1))  # [A, B * N]
-        iou = iou.view(A, B, -1).permute(1, 0, 2)  # [B, A, N]
-        iou.masked_fill_(~kept_ok[:, None, :], -1.0)  # padded columns never match
+        iou = _iou_by_object(anchors, kept)  # [B, N, A]
+        iou.masked_fill_(~kept_ok[:, :, None], -1.0)  # padded objects never match
         col = _threshold_stage(iou, pos_iou, neg_iou, allow_low_quality)  # [B, A] column
         col.masked_fill_(~kept_ok.any(1)[:, None], NEGATIVE)  # images with no trained object
         if compensate:
@@ -222,15 +223,15 @@ def _pad_objects(boxes: list[torch.Tensor], select: list[torch.Tensor]):
 
 def _threshold_stage(iou: torch.Tensor, pos_iou: float, neg_iou: float,
                      allow_low_quality: bool) -> torch.Tensor:
-    """Stage one of ``match_anchors`` on ``iou [B, A, N]``: each anchor's column index,
+    """Stage one of ``match_anchors`` on ``iou [B, N, A]``: each anchor's column index,
     ``NEGATIVE`` or ``IGNORE``. ``[B, A]`` int64."""
-    B, A, _ = iou.shape
-    best, arg = iou.max(2)  # [B, A] best object of each anchor (the first on a tie)
+    B, _, A = iou.shape
+    best, arg = iou.max(1)  # [B, A] best object of each anchor (the first on a tie)
     col = torch.where(best >= pos_iou, arg,
                       torch.where((best >= neg_iou) & (best < pos_iou), IGNORE, NEGATIVE))
     if allow_low_quality:
-        top = iou.max(1, keepdim=True).values  # [B, 1, N] best IoU of each object
-        b, a, j = torch.nonzero((iou == top) & (top > 0), as_tuple=True)  # every tied anchor
+        top = iou.max(2, keepdim=True).values  # [B, N, 1] best IoU of each object
+        b, j, a = torch.nonzero((iou == top) & (top > 0), as_tuple=True)  # every tied anchor
         # an anchor best for several objects keeps the last, as match_anchors' write does
         last = torch.full((B * A,), -1, dtype=torch.int64, device=iou.device)
         last = last.scatter_reduce(0, b * A + a, j, "amax").view(B, A)  # [B, A]
@@ -238,11 +239,25 @@ def _threshold_stage(iou: torch.Tensor, pos_iou: float, neg_iou: float,
     return col
 
 
+def _iou_by_object(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of every padded object with every anchor, ``[B, N, A]`` (anchors contiguous, so
+    both reductions run along memory). The same float operations, in the same order, as
+    ``torchvision.ops.box_iou``: the values are bit-identical to its ``[A, N]`` transposed."""
+    a = anchors.t()  # [4, A]
+    b = boxes[..., None]  # [B, N, 4, 1]
+    iw = (torch.min(a[2], b[:, :, 2]) - torch.max(a[0], b[:, :, 0])).clamp_(min=0)  # [B, N, A]
+    ih = (torch.min(a[3], b[:, :, 3]) - torch.max(a[1], b[:, :, 1])).clamp_(min=0)  # [B, N, A]
+    inter = iw.mul_(ih)  # [B, N, A]
+    area_a = (a[2] - a[0]) * (a[3] - a[1])  # [A]
+    area_b = (b[:, :, 2] - b[:, :, 0]) * (b[:, :, 3] - b[:, :, 1])  # [B, N, 1]
+    return inter.div_(area_a + area_b - inter)
+
+
 def _compensate_batch(col: torch.Tensor, iou: torch.Tensor, real: torch.Tensor,
                       n: int | None, min_iou: float) -> None:
     """S3FD stage two of every image, in place on the column indices ``col [B, A]``:
     stage-one counts for the whole batch, then only the objects under N take anchors."""
-    B, _, N = iou.shape
+    B, N, _ = iou.shape
     mine = col + torch.arange(B, device=col.device)[:, None] * N  # [B, A] flat object index
     counts = torch.bincount(mine[col >= 0], minlength=B * N).view(B, N)  # [B, N]
     for b, n_b in enumerate(real.sum(1).tolist()):  # trained objects come first in a row
@@ -250,7 +265,7 @@ def _compensate_batch(col: torch.Tensor, iou: torch.Tensor, real: torch.Tensor,
             continue
         counts_b = counts[b, :n_b]  # [N_b]
         n_img = n if n is not None else max(1, round(float(counts_b.float().mean())))
-        _take_free(col[b], iou[b, :, :n_b], counts_b, n_img, min_iou, range(n_b))
+        _take_free(col[b], iou[b, :n_b].t(), counts_b, n_img, min_iou, range(n_b))
 
 
 def match_counts(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
