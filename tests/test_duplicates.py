@@ -4,6 +4,7 @@ neighbours, post-processing dispatch, side-by-side timing and relation-weight su
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -420,3 +421,17 @@ def test_stats_per_face_keeps_each_images_best_boxes():
     assert dup.duplicate_stats(gt, scaled, per_face=1.0) == one
     with pytest.raises(InputError, match="per_face"):
         dup.duplicate_stats(gt, dets, per_face=-1)
+
+
+def test_group_attention_when_across_pairs_get_no_weight():
+    # RoIs on faces 0 and 1 (one group) and face 2 (another); a relation module whose geometry
+    # weight is ReLU'd to zero gives the across pairs exactly 0: the ratio is inf, not a crash
+    face_of = torch.tensor([0, 1, 2])
+    groups = torch.tensor([0, 0, 1])
+    w = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # [N, M]
+    got = dup.group_attention(w, face_of, groups)
+    assert got["other face"] == 0.0 and got["other face pairs"] == 4
+    assert got["same group"] == pytest.approx(1.5) and got["within / across"] == math.inf
+    # within zero as well: undefined, marked empty
+    w0 = torch.eye(3)
+    assert dup.group_attention(w0, face_of, groups)["within / across"] == dup.EMPTY

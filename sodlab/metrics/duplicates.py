@@ -321,7 +321,7 @@ def group_attention(weights: torch.Tensor, face_of: torch.Tensor, groups: torch.
     is m = n (keys = receivers). Returns ``{class: mean relative weight}`` (-1 when a class
     has no pair), ``{class + " pairs": count}`` and ``"within / across"``: the ``same group``
     mean over the mean of ``other face`` and ``same identity`` pairs together (-1 if either
-    is empty).
+    is empty; ``inf`` when the across pairs all have weight 0 and the within pairs do not).
     """
     w = _mean_heads(weights)  # [N, M]
     N, M = w.shape
@@ -364,8 +364,13 @@ def group_attention(weights: torch.Tensor, face_of: torch.Tensor, groups: torch.
         out[f"{name} pairs"] = n
     across = (classes["other face"] | classes["same identity"]) & recv[:, None]
     within = out["same group"]
-    out["within / across"] = (within / float(rel[across].mean())
-                              if across.any() and within != EMPTY else EMPTY)
+    base = float(rel[across].mean()) if across.any() else 0.0
+    if within == EMPTY or not across.any():
+        out["within / across"] = EMPTY
+    elif base == 0.0:  # every across pair got weight 0 (a geometry weight ReLU'd to zero)
+        out["within / across"] = math.inf if within > 0 else EMPTY
+    else:
+        out["within / across"] = within / base
     return out
 
 
