@@ -89,8 +89,18 @@ def test_quality_of_other_checkpoints_is_not_used(tmp_path):
                for c in shown.comparisons)
 
 
-def test_05_means_only_decides_nothing_and_says_so():
-    shown = show_results("05_snip_sniper")
+def _means_only_05(tmp_path) -> None:
+    """A copy of the committed notebook-05 result as files made before per-seed values were
+    recorded held it: means only."""
+    obj = json.loads((RESULTS / "05_snip_sniper.json").read_text())
+    for key in ("per_seed", "bootstrap_ci", "AP_small_snip_minus_mst_per_seed"):
+        obj["numbers"].pop(key, None)
+    (tmp_path / "05_snip_sniper.json").write_text(json.dumps(obj))
+
+
+def test_05_means_only_decides_nothing_and_says_so(tmp_path):
+    _means_only_05(tmp_path)
+    shown = show_results("05_snip_sniper", results_dir=tmp_path)
     snip = shown.comparisons[0]
     assert snip.b == "SNIP / multi-scale test" and snip.a.startswith("MST")
     assert snip.verdict == "no clear difference" and "only means" in snip.sentence
@@ -102,8 +112,23 @@ def test_05_means_only_decides_nothing_and_says_so():
     assert snip.paper[:2] == (19.5, 21.4)
 
 
+def test_05_committed_run_decides_from_its_seeds_and_intervals():
+    numbers = _numbers("05_snip_sniper")
+    snip = show_results("05_snip_sniper").comparisons[0]
+    diffs = numbers["AP_small_snip_minus_mst_per_seed"]
+    lo_snip = numbers["bootstrap_ci"]["SNIP / multi-scale test"]["AP_small"][0]
+    hi_mst = numbers["bootstrap_ci"]["MST (no ranges) / multi-scale test"]["AP_small"][1]
+    # the verdict rule itself: every seed agrees and the intervals are apart
+    expected = "up" if all(d > 0 for d in diffs) and lo_snip > hi_mst else None
+    if expected:
+        assert snip.verdict == expected
+    else:
+        assert snip.verdict != "up"
+
+
 def test_05_per_seed_differences_when_recorded(tmp_path):
-    obj = json.loads((RESULTS / "05_snip_sniper.json").read_text())
+    _means_only_05(tmp_path)
+    obj = json.loads((tmp_path / "05_snip_sniper.json").read_text())
     obj["numbers"]["AP_small_snip_minus_mst_per_seed"] = [0.01, 0.02, 0.03]
     (tmp_path / "05_snip_sniper.json").write_text(json.dumps(obj))
     snip = comparisons("05_snip_sniper", tmp_path)[0]
