@@ -234,6 +234,17 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
             "train_delta_mb": rss_train - rss0}
 
 
+def _shown_path(root: Path) -> str:
+    """``root`` as a result file records it: relative to the repository when inside it, else
+    its folder name (a result must not carry this machine's paths)."""
+    from sodlab.files import repo_root
+
+    try:
+        return str(root.resolve().relative_to(repo_root().resolve()))
+    except ValueError:
+        return root.name
+
+
 def _measure_in_subprocess(preset: str, root: Path, **kw) -> dict:
     code = ("import json, sys; from sodlab.bench.train_speed import measure_preset; "
             "a = json.loads(sys.argv[1]); print(json.dumps(measure_preset(**a)))")
@@ -434,7 +445,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
     per_preset = {}
     for name in names:
         per_preset[name] = _measure_in_subprocess(name, root, seed=seed, **kw)
-    out = {"data_root": str(root), "presets": per_preset,
+    out = {"data_root": _shown_path(root), "presets": per_preset,
            "notes": {"train_images_per_s": "batch 8 at the preset's input size, in-memory "
                      "batches, after warm-up, torch's default threads, the fast precision "
                      "(fast_precision); *_fp32: the fp32 NCHW path; *_e2e: data loading "
