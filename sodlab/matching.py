@@ -71,30 +71,13 @@ def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tens
                   *, pos_iou: float = 0.5, neg_iou: float = 0.4, allow_low_quality: bool = True,
                   ignore_ioa: float = 0.5, compensate: bool = False,
                   compensate_n: int | None = None, min_iou: float = 0.1) -> torch.Tensor:
-    """Index of each anchor's object, ``NEGATIVE`` or ``IGNORE``. ``[A]`` int64."""
-    A = len(anchors)
-    out = torch.full((A,), NEGATIVE, dtype=torch.int64, device=anchors.device)
-    if len(boxes) == 0:
-        return out
-    ignore = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device) if ignore is None \
-        else ignore.bool()
-    keep = torch.nonzero(~ignore).flatten()  # [N'] objects that train
-    if len(keep):
-        iou = torchvision.ops.box_iou(anchors, boxes[keep])  # [A, N']
-        best, arg = iou.max(1)  # [A]
-        out[(best >= neg_iou) & (best < pos_iou)] = IGNORE
-        pos = best >= pos_iou
-        out[pos] = keep[arg[pos]]
-        if allow_low_quality:
-            top = iou.max(0).values  # [N'] best IoU of each object
-            a_idx, o_idx = torch.nonzero((iou == top[None]) & (top[None] > 0), as_tuple=True)
-            out[a_idx] = keep[o_idx]
-        if compensate:
-            _compensate(out, iou, keep, compensate_n, min_iou)
-    if ignore.any():
-        on_crowd = ioa(anchors, boxes[ignore]).max(1).values >= ignore_ioa  # [A]
-        out[on_crowd & (out < 0)] = IGNORE
-    return out
+    """Index of each anchor's object, ``NEGATIVE`` or ``IGNORE``. ``[A]`` int64.
+
+    One image of ``match_anchors_batch``, which holds the rules (module doc)."""
+    return match_anchors_batch(anchors, [boxes], [ignore], pos_iou=pos_iou, neg_iou=neg_iou,
+                               allow_low_quality=allow_low_quality, ignore_ioa=ignore_ioa,
+                               compensate=compensate, compensate_n=compensate_n,
+                               min_iou=min_iou)[0]
 
 
 def context_boxes(faces: torch.Tensor, k: int, *, spa: float = 2.0,
@@ -134,16 +117,6 @@ def pyramid_anchor_labels(anchors: torch.Tensor, targets: torch.Tensor,
     out[crowd] = IGNORE
     out[best > threshold] = arg[best > threshold]
     return out
-
-
-def _compensate(out: torch.Tensor, iou: torch.Tensor, keep: torch.Tensor, n: int | None,
-                min_iou: float) -> None:
-    """S3FD stage two, in place on ``out``: objects under N matches take free top-IoU anchors."""
-    n_boxes = int(keep.max()) + 1
-    counts = torch.bincount(out[out >= 0], minlength=n_boxes)[keep]  # [N'] stage-one matches
-    if n is None:
-        n = max(1, round(float(counts.float().mean())))
-    _take_free(out, iou, counts, n, min_iou, keep)
 
 
 def _take_free(out: torch.Tensor, iou: torch.Tensor, counts: torch.Tensor, n: int,

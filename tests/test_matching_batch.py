@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 
 from sodlab.anchors import LevelSpec, all_anchors
 from sodlab.boxes import clip_boxes
@@ -17,12 +18,48 @@ from sodlab.matching import (
     IGNORE,
     NEGATIVE,
     context_boxes,
+    ioa,
     match_anchors,
     match_anchors_batch,
     pyramid_anchor_labels,
 )
 
+
 # --------------------------------------------------------------- against the per-image loop
+def _match_anchors_loop(anchors, boxes, ignore=None, *, pos_iou=0.5, neg_iou=0.4,
+                        allow_low_quality=True, ignore_ioa=0.5, compensate=False,
+                        compensate_n=None, min_iou=0.1):
+    """The per-image matcher as it was before the batched one (the oracle)."""
+    out = torch.full((len(anchors),), NEGATIVE, dtype=torch.int64)
+    if len(boxes) == 0:
+        return out
+    ignore = torch.zeros(len(boxes), dtype=torch.bool) if ignore is None else ignore.bool()
+    keep = torch.nonzero(~ignore).flatten()
+    if len(keep):
+        iou = torchvision.ops.box_iou(anchors, boxes[keep])  # [A, N']
+        best, arg = iou.max(1)
+        out[(best >= neg_iou) & (best < pos_iou)] = IGNORE
+        pos = best >= pos_iou
+        out[pos] = keep[arg[pos]]
+        if allow_low_quality:
+            top = iou.max(0).values
+            a_idx, o_idx = torch.nonzero((iou == top[None]) & (top[None] > 0), as_tuple=True)
+            out[a_idx] = keep[o_idx]
+        if compensate:
+            counts = torch.bincount(out[out >= 0], minlength=int(keep.max()) + 1)[keep]
+            n = compensate_n if compensate_n is not None else \
+                max(1, round(float(counts.float().mean())))
+            for j in torch.nonzero(counts < n).flatten().tolist():
+                cand = torch.nonzero((out < 0) & (iou[:, j] > min_iou)).flatten()
+                if len(cand):
+                    take = iou[cand, j].topk(min(n - int(counts[j]), len(cand))).indices
+                    out[cand[take]] = keep[j]
+    if ignore.any():
+        on_crowd = ioa(anchors, boxes[ignore]).max(1).values >= ignore_ioa
+        out[on_crowd & (out < 0)] = IGNORE
+    return out
+
+
 
 LEVELS = [LevelSpec(4, (4.0, 8.0), (1.0,)), LevelSpec(8, (16.0,), (0.5, 1.0, 2.0)),
           LevelSpec(16, (32.0,), (1.0,))]  # 2 x 256 + 3 x 64 + 16 = 720 anchors on 64 x 64
@@ -66,15 +103,18 @@ def test_batch_equals_the_per_image_loop(opts):
     for seed in range(12):
         boxes, crowds = _random_batch(seed)
         got = match_anchors_batch(anchors, boxes, crowds, **opts)
-        want = torch.stack([match_anchors(anchors, b, c, **opts) for b, c in zip(boxes, crowds)])
+        want = torch.stack([_match_anchors_loop(anchors, b, c, **opts) for b, c in zip(boxes, crowds)])
         assert torch.equal(got, want), (seed, opts)
+        # the single-image entry point is one row of the batched one
+        for b, c, row in zip(boxes, crowds, want):
+            assert torch.equal(match_anchors(anchors, b, c, **opts), row), (seed, opts)
         # no ignore flags at all, and one image without its own flags
         got = match_anchors_batch(anchors, boxes, None, **opts)
-        want = torch.stack([match_anchors(anchors, b, None, **opts) for b in boxes])
+        want = torch.stack([_match_anchors_loop(anchors, b, None, **opts) for b in boxes])
         assert torch.equal(got, want), (seed, opts)
         mixed = [None] + crowds[1:]
         got = match_anchors_batch(anchors, boxes, mixed, **opts)
-        want = torch.stack([match_anchors(anchors, b, c, **opts) for b, c in zip(boxes, mixed)])
+        want = torch.stack([_match_anchors_loop(anchors, b, c, **opts) for b, c in zip(boxes, mixed)])
         assert torch.equal(got, want), (seed, opts)
 
 
@@ -139,7 +179,7 @@ def _old_loss(model, cls, box, anchors, targets, *, context=None, hw=None):
                 counted = mk >= -1
                 ctx_labels[r].append(torch.where(mk[counted] >= 0, 0, -1))
                 ctx_logits[r].append(context[b][counted, r])
-        m = match_anchors(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
+        m = _match_anchors_loop(anchors, gt, crowd, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
                           allow_low_quality=cfg.low_quality, compensate=cfg.compensate)
         counted = m >= -1
         lab = torch.full_like(m, -1)
