@@ -322,7 +322,7 @@ def test_cpm_shapes_and_receptive_field():
     torch.manual_seed(0)
     cpm = CPM(16).eval()
     x = torch.randn(4, 16, 15, 15, requires_grad=True)
-    y = cpm(x)
+    y = cpm.branches(x)
     assert y.shape == (4, 16, 15, 15)
     y[:, :, 7, 7].sum().backward()  # four inputs, so no cell is hidden by a dead ReLU
     reach = torch.nonzero(x.grad.abs().sum((0, 1))).tolist()
@@ -332,6 +332,21 @@ def test_cpm_shapes_and_receptive_field():
         8].shape == (1, 16, 2, 2)
     with pytest.raises(ValueError, match="quarters"):
         CPM(18)
+
+
+def test_cpm_starts_as_the_identity_and_learns_its_gate():
+    torch.manual_seed(0)
+    cpm = CPM(8).eval()
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(cpm(x), x)  # gate zero: the head first sees the neck unchanged
+    cpm(x).square().sum().backward()
+    assert cpm.gate.grad.abs().sum() > 0  # ...and the gate has a gradient to leave zero with
+    with torch.no_grad():
+        cpm.gate.copy_(torch.linspace(-1, 1, 8).view(1, 8, 1, 1))
+        want = x + cpm.gate * cpm.branches(x)
+        for c in range(8):  # channel by channel: x_c + g_c * branch_c
+            assert torch.allclose(cpm(x)[:, c], x[:, c] + cpm.gate[0, c] * cpm.branches(x)[:, c])
+    assert torch.allclose(cpm(x), want)
 
 
 # ------------------------------------------------------------------------- the pyramidbox preset

@@ -79,8 +79,9 @@ from sodlab.errors import InputError
 from sodlab.files import write_json
 
 # Bump when a change alters what training computes (losses, matching, data order, schedule,
-# initialisation, precision handling): the run cache keys on it, not on the source text.
-NUMERICS_VERSION = 2
+# initialisation, precision handling, a module's computation under an unchanged config): the
+# run cache keys on it, not on the source text. 3: PyramidBox's CPM is gated onto its input.
+NUMERICS_VERSION = 3
 
 
 class TrainingDiverged(RuntimeError):
