@@ -316,6 +316,29 @@ def test_lfpn_levels_from_the_start_up_are_not_fused():
     assert neck(g)[16].abs().max() == 0
 
 
+def test_lfpn_fusions_against_a_loop():
+    """Product and sum from the same weights, each against the pathway written out by hand."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    prod = LFPN(CH, list(CH), 16).eval()
+    add = LFPN(CH, list(CH), 16, fusion="sum").eval()
+    add.load_state_dict(prod.state_dict())
+    f = _feats(seed=3)
+    for neck, merge in ((prod, torch.mul), (add, torch.add)):
+        out = neck(f)
+        top = f[32]
+        for s in (16, 8, 4):  # coarse to fine
+            lat = neck.lateral[str(s)](f[s])
+            up = F.interpolate(neck.top[str(s)](top), size=lat.shape[-2:], mode="bilinear",
+                               align_corners=False)
+            top = merge(up, lat)
+            assert torch.allclose(out[s], top, atol=1e-6), (neck.fusion, s)
+    assert not torch.allclose(prod(f)[4], add(f)[4])
+    with pytest.raises(ValueError, match="fusion"):
+        LFPN(CH, list(CH), 16, fusion="concat")
+
+
 # -------------------------------------------------------------------------------------- CPM
 
 def test_cpm_shapes_and_receptive_field():

@@ -15,7 +15,9 @@
   stride 32 of 4 … 128) instead of the top, since the top levels' receptive fields are
   mostly background around a small face. Each finer level is the product of its own 1x1
   reduction and the 1x1-reduced, bilinearly up-sampled level above it (both after ReLU);
-  the start level and those above it are projected only, as in ``plain``.
+  the start level and those above it are projected only, as in ``plain``. ``fusion="sum"``
+  adds the two maps instead (FPN's merge on LFPN's pathway), for the comparison of
+  notebook 08's exercise 7; the presets use the paper's product.
 
 Shapes: ``{stride: [B, C_s, H_s, W_s]}`` -> ``{stride: [B, C, H_s, W_s]}`` for the strides asked.
 Dimension legend: B batch, C the neck's width.
@@ -85,11 +87,20 @@ class FPN(nn.Module):
 
 
 class LFPN(nn.Module):
-    """Low-level FPN: top-down fusion by element-wise product from ``start`` down."""
+    """Low-level FPN: top-down fusion by element-wise product (or ``fusion="sum"``) from ``start`` down.
+
+    A product of two ReLU maps is zero wherever either map is, so a fine level keeps only the
+    cells where the level above also fires; a sum keeps both.
+    """
+
+    FUSIONS = ("product", "sum")
 
     def __init__(self, channels: dict[int, int], strides: list[int], width: int, *,
-                 start: int | None = None) -> None:
+                 start: int | None = None, fusion: str = "product") -> None:
         super().__init__()
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"lfpn fusion {fusion!r} is not one of {self.FUSIONS}")
+        self.fusion = fusion
         self.strides = sorted(strides)
         self.start = middle_stride(self.strides) if start is None else int(start)
         if self.start not in self.strides:
@@ -111,7 +122,7 @@ class LFPN(nn.Module):
             lat = self.lateral[str(s)](feats[s])  # [B, C, H_s, W_s]
             up = F.interpolate(self.top[str(s)](top), size=lat.shape[-2:], mode="bilinear",
                                align_corners=False)  # [B, C, H_s, W_s]
-            top = out[s] = up * lat
+            top = out[s] = up * lat if self.fusion == "product" else up + lat
         return {s: out[s] for s in self.strides}
 
 
