@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sodlab.anchors import all_anchors, anchors_for_level, s3fd_levels
 from sodlab.data.transforms import DataAnchorSampling
@@ -318,8 +319,6 @@ def test_lfpn_levels_from_the_start_up_are_not_fused():
 
 def test_lfpn_fusions_against_a_loop():
     """Product and sum from the same weights, each against the pathway written out by hand."""
-    import torch.nn.functional as F
-
     torch.manual_seed(0)
     prod = LFPN(CH, list(CH), 16).eval()
     add = LFPN(CH, list(CH), 16, fusion="sum").eval()
