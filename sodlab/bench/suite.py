@@ -260,41 +260,31 @@ def is_cached(tech: Technique, root: str | os.PathLike, *, seed: int, quick: boo
     if tech.preset is None:
         return False  # SSDlite trains in the run, every time
     from sodlab.data.coco import load_coco
-    from sodlab.detector import make_config, parse_overrides
-    from sodlab.engine.cache import cache_root, data_hash_of, run_key
-    from sodlab.engine.checkpoint import config_dict
-    from sodlab.engine.precision import resolve_precision
+    from sodlab.detector import parse_overrides
+    from sodlab.engine.cache import cached_path, data_hash_of, train_key
     from sodlab.engine.stage_two import parse_stage_two, stage_two_budget
-    from sodlab.engine.train import TrainConfig, resolve_device
 
     root = Path(root)
-    n = len(load_coco(root / "train")["categories"])
-    dhash = data_hash_of(root)
-    prec = resolve_precision("auto", resolve_device("cpu"))
-    skip = ("val_every", "num_workers", "save_every", "image_cache_mb")
+    facts = {"num_classes": len(load_coco(root / "train")["categories"]),
+             "data_hash": data_hash_of(root)}
 
     def key(overrides, steps, batch, recipe=None, extra=None) -> str:
-        cfg = make_config(tech.preset, num_classes=n, overrides=overrides)
-        tcfg = TrainConfig(max_steps=steps, batch_size=batch, seed=seed, recipe=recipe,
-                           val_every=0, extra=dict(extra or {}), precision=prec)
-        keyed = {k: v for k, v in tcfg.to_dict().items() if k not in skip}
-        return run_key(config_dict(cfg), keyed, dhash)
-
-    def present(k: str) -> bool:
-        return (cache_root() / k / "summary.json").is_file() and \
-            (cache_root() / k / "best.pt").is_file()
+        return train_key(tech.preset, root, overrides=overrides, seed=seed, max_steps=steps,
+                         batch_size=batch, recipe=recipe, extra=extra, **facts)[0]
 
     b = _budget(tech.preset, quick=quick, budget=budget)
     if tech.stage_two is None:
         kw = train_kwargs(tech, root, quick=quick, budget=budget)
-        return present(key(kw["overrides"], kw["max_steps"], kw["batch_size"], kw["recipe"]))
+        return cached_path(key(kw["overrides"], kw["max_steps"], kw["batch_size"],
+                               kw["recipe"])) is not None
     over = parse_overrides(b["overrides"])
     base = key(over, b["max_steps"], b["batch_size"])
-    if not present(base):
+    if cached_path(base) is None:
         return False
     s2 = dict(stage_budget or stage_two_budget(quick=quick))
-    return present(key(over, s2["max_steps"], s2["batch_size"],
-                       extra={"stage_two": parse_stage_two(tech.stage_two), "base_key": base}))
+    return cached_path(key(over, s2["max_steps"], s2["batch_size"],
+                           extra={"stage_two": parse_stage_two(tech.stage_two),
+                                  "base_key": base})) is not None
 
 
 def missing_models(root: str | os.PathLike, *, quick: bool,

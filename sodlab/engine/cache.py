@@ -4,7 +4,7 @@ Layer L4. ``cached_train(preset, data_root, ...)`` trains into
 ``<repository root>/runs/cache/<key>/`` unless ``summary.json`` is already there; a second
 call returns at once. The key is a hash of what the run USES: the full detector config
 (preset plus overrides), the training config (budget, batch, learning rate, optimizer,
-recipe, seed, the RESOLVED precision), the data hash and ``NUMERICS_VERSION`` of
+recipe, seed, the REQUESTED precision, ``auto`` by default), the data hash and ``NUMERICS_VERSION`` of
 ``sodlab.engine.train``, which the training code bumps when its numerics change. Editing a
 docstring or a notebook retrains nothing. The repository root is the folder holding
 ``pyproject.toml`` above the package, else the current directory (``SODLAB_CACHE``
@@ -45,6 +45,48 @@ def run_key(cfg: dict, tcfg: dict, data_hash: str) -> str:
                         "numerics": NUMERICS_VERSION})
 
 
+# TrainConfig fields that change how fast a run goes, never what it computes: not in the key.
+UNKEYED = ("val_every", "num_workers", "save_every", "image_cache_mb")
+
+
+def train_key(preset: str, data_root: str | os.PathLike, *,
+              overrides: Sequence[str] | dict = (), seed: int = 0, max_steps: int = 300,
+              batch_size: int = 8, recipe: dict | None = None, precision: str = "auto",
+              extra: dict | None = None, num_classes: int | None = None,
+              data_hash: str | None = None) -> tuple[str, object, object]:
+    """The ONE function that keys a training run: ``(key, DetectorConfig, TrainConfig)``.
+
+    ``cached_train`` trains under this key and every "is it cached / recorded" question asks
+    it, so the two cannot disagree. The key holds the REQUESTED precision (``"auto"``, the
+    default, or an explicit ``"fp32"``/``"bf16"``), not the one a machine resolves it to: a
+    model trained on the fast path is the same run as one trained in fp32 on a laptop
+    without it (the summary records which it was), while a study that asks for fp32 and bf16
+    explicitly still gets two runs. ``num_classes``/``data_hash`` skip re-reading the data.
+    """
+    from sodlab.detector import make_config
+    from sodlab.engine.checkpoint import config_dict
+    from sodlab.engine.train import TrainConfig
+
+    root = Path(data_root)
+    if num_classes is None:
+        from sodlab.data.coco import load_coco
+
+        num_classes = len(load_coco(root / "train")["categories"])
+    cfg = make_config(preset, num_classes=num_classes, overrides=overrides)
+    tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, seed=seed, recipe=recipe,
+                       val_every=0, extra=dict(extra or {}), precision=precision)
+    keyed = {k: v for k, v in tcfg.to_dict().items() if k not in UNKEYED}
+    key = run_key(config_dict(cfg), keyed, data_hash or data_hash_of(root))
+    return key, cfg, tcfg
+
+
+def cached_path(key: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The run folder of ``key`` when it holds a finished run (summary and best.pt), else None."""
+    run_dir = (Path(cache_dir) if cache_dir else cache_root()) / key
+    ok = (run_dir / SUMMARY).is_file() and (run_dir / "best.pt").is_file()
+    return run_dir if ok else None
+
+
 def cached_train(preset: str, data_root: str | os.PathLike, *,
                  overrides: Sequence[str] | dict = (), seed: int = 0, max_steps: int = 300,
                  batch_size: int = 8, quick: bool = True, progress: bool = False,
@@ -60,26 +102,21 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
     ``extra`` must name everything that makes it differ, since it is part of the key.
     ``progress``: a bar while a model that is not in the cache trains.
     """
-    from sodlab.data.dataset import DetectionDataset
-    from sodlab.detector import make_config
-    from sodlab.engine.checkpoint import config_dict
     from sodlab.engine.precision import resolve_precision
-    from sodlab.engine.train import TrainConfig, resolve_device, train
+    from sodlab.engine.train import resolve_device, train
 
     root = Path(data_root)
-    num_classes = DetectionDataset(root / "train").num_classes
-    cfg = make_config(preset, num_classes=num_classes, overrides=overrides)
-    tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, seed=seed, recipe=recipe,
-                       val_every=val_every, extra=dict(extra or {}),
-                       precision=resolve_precision(precision, resolve_device(device)))
-    keyed = {k: v for k, v in tcfg.to_dict().items() if k not in ("val_every", "num_workers",
-                                                                  "save_every", "image_cache_mb")}
-    key = run_key(config_dict(cfg), keyed, data_hash_of(root))
+    key, cfg, tcfg = train_key(preset, root, overrides=overrides, seed=seed,
+                               max_steps=max_steps, batch_size=batch_size, recipe=recipe,
+                               precision=precision, extra=extra)
+    tcfg.val_every = val_every
     run_dir = (Path(cache_dir) if cache_dir else cache_root()) / key
     summary_path = run_dir / SUMMARY
-    if summary_path.is_file() and (run_dir / "best.pt").is_file():
+    if cached_path(key, cache_dir) is not None:
         summary = json.loads(summary_path.read_text())
         summary["cached"] = True
+        summary["precision_note"] = _precision_note(summary, resolve_precision(
+            precision, resolve_device(device)))
         return run_dir / "best.pt", summary
     what = f"{preset}{' ' + json.dumps(recipe) if recipe else ''}{' stage two' if extra else ''}"
     summary = train(cfg, root, run_dir, tcfg, device=device, progress=progress, resume=True,
@@ -97,4 +134,14 @@ def cached_train(preset: str, data_root: str | os.PathLike, *,
     summary["provenance"]["mode"] = "quick" if quick else "full"
     write_json(summary_path, summary)
     summary["cached"] = False
+    summary["precision_note"] = None
     return run_dir / "best.pt", summary
+
+
+def _precision_note(summary: dict, here: str) -> str | None:
+    """A sentence when a cached model was trained in another precision than this machine's."""
+    trained = summary.get("precision")
+    if not trained or trained == here:
+        return None
+    return (f"this model was trained in {trained} on another machine (this one would train in "
+            f"{here}); it is used as it is rather than retrained")

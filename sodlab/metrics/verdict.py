@@ -59,6 +59,7 @@ class Decision:
     interval_a: tuple[float, float] | None     # A's interval (None: not given)
     interval_b: tuple[float, float] | None     # B's interval
     interval_diff: tuple[float, float] | None  # the difference's interval
+    interval_seeds: tuple[float, float] | None = None  # t-interval of the seeds' differences
 
     @property
     def mean(self) -> float:
@@ -256,5 +257,109 @@ def verdict_sentence(per_seed, intervals=None, *, metric: str = "the metric", a:
     return f"{head}. {body}; {tail}." if tail else f"{head}. {body}."
 
 
+# ----------------------------------------------------------------------------- paired rule
+PAIRED_MIN_SEEDS = 2   # one seed (quick mode) gives no direction at all
+
+
+def _t_quantile(df: int, q: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def paired_decide(diffs, samples, *, alpha: float = 0.05,
+                  min_seeds: int = PAIRED_MIN_SEEDS) -> Decision:
+    """B against A from PAIRED runs: the rule every full-mode comparison uses.
+
+    ``diffs``: ``{seed: B - A}`` on the whole validation set (or a list). ``samples``:
+    ``{seed: [R] B - A}`` on the same R fixed resamples of the validation images for both
+    runs (``sodlab.engine.records.paired_samples``; NaN where a resample drew no object of
+    the bucket). ``"up"`` (``"down"``) needs, at once:
+
+    1. at least ``min_seeds`` seeds, every one with a difference of that sign;
+    2. the paired bootstrap interval of the mean over the seeds (per resample, the mean of
+       the seeds' differences; its ``alpha/2`` and ``1 - alpha/2`` quantiles) wholly on that
+       side of zero: the validation set's noise;
+    3. the t-interval of the seeds' differences (mean +- t(S-1) sd / sqrt(S)) wholly on that
+       side too: the seeds' own spread, which no resampling of images can see (a
+       technique-specific luck of initialisation or data order).
+
+    Otherwise "no clear difference", with the first condition that failed as the reason.
+    With three seeds, condition 3 asks the mean difference to exceed about 2.5 times the
+    seeds' standard deviation; ``tests/test_verdict_paired.py`` measures the rule's false
+    direction rate and power on simulated runs.
+    """
+    import numpy as np
+
+    labels, vals, _ = _parse_seeds(diffs)
+    if isinstance(samples, Mapping):
+        vecs = [np.asarray(samples[k] if k in samples else samples[int(k)], dtype=float)
+                for k in (diffs if isinstance(diffs, Mapping) else range(len(vals)))]
+    else:
+        vecs = [np.asarray(v, dtype=float) for v in samples]
+    if len(vecs) != len(vals) or len({v.shape for v in vecs}) > 1:
+        raise InputError("paired_decide: one resample vector per seed, all of one length")
+
+    def out(word: str, reason: str, idiff=None, iseeds=None) -> Decision:
+        return Decision(word, reason, labels, tuple(vals), None, None, None, idiff, iseeds)
+
+    if not vals:
+        return out(UNCLEAR, "no per-seed values")
+    missing = [lab for lab, d in zip(labels, vals) if math.isnan(d)]
+    if missing:
+        return out(UNCLEAR, f"seed {', '.join(missing)} has no value (an empty bucket or "
+                            "not measured)")
+    mat = np.stack(vecs)                                   # [S, R]
+    mean_r = mat.mean(0)                                   # [R] mean over seeds
+    mean_r = mean_r[np.isfinite(mean_r)]
+    idiff = None
+    if mean_r.size:
+        lo, hi = np.quantile(mean_r, [alpha / 2, 1 - alpha / 2])
+        idiff = (float(lo), float(hi))
+    S = len(vals)
+    iseeds = None
+    if S >= 2:
+        m, sd = float(np.mean(vals)), float(np.std(vals, ddof=1))
+        half = _t_quantile(S - 1, 1 - alpha / 2) * sd / math.sqrt(S)
+        iseeds = (m - half, m + half)
+    if S < min_seeds:
+        return out(UNCLEAR, f"{S} seed{'s' if S != 1 else ''}: a direction needs at least "
+                            f"{min_seeds}", idiff, iseeds)
+    if all(d > 0 for d in vals):
+        sign = 1
+    elif all(d < 0 for d in vals):
+        sign = -1
+    else:
+        return out(UNCLEAR, "the seeds disagree in sign", idiff, iseeds)
+    word = UP if sign > 0 else DOWN
+    if idiff is None:
+        return out(UNCLEAR, "no resample has objects of this bucket", idiff, iseeds)
+    if not (idiff[0] > 0 if sign > 0 else idiff[1] < 0):
+        return out(UNCLEAR, "the paired interval of the difference includes zero", idiff,
+                   iseeds)
+    if not (iseeds[0] > 0 if sign > 0 else iseeds[1] < 0):
+        return out(UNCLEAR, "the seeds spread more than the difference (their t-interval "
+                            "includes zero)", idiff, iseeds)
+    return out(word, f"the paired interval excludes zero, all {S} seeds agree and their "
+                     "spread is small beside the difference", idiff, iseeds)
+
+
+def paired_sentence(diffs, samples, *, metric: str = "the metric", a: str = "A",
+                    b: str = "B", higher_is_better: bool = True, digits: int = 3,
+                    min_seeds: int = PAIRED_MIN_SEEDS) -> str:
+    """``paired_decide`` as one plain sentence with its numbers (as ``verdict_sentence``)."""
+    d = paired_decide(diffs, samples, min_seeds=min_seeds)
+    head = f"{b} against {a} on {metric}: {d.verdict}"
+    if d.verdict != UNCLEAR:
+        head += f" ({'better' if (d.verdict == UP) == bool(higher_is_better) else 'worse'})"
+    n = len(d.diffs)
+    per = ", ".join(f"seed {lab} {_fmt(x, digits, sign=True)}" for lab, x in zip(d.seeds, d.diffs))
+    body = f"Mean difference {_fmt(d.mean, digits, sign=True)} over {n} seed{'s' if n != 1 else ''} ({per})"
+    if d.interval_diff is not None:
+        body += (f"; paired 95 % interval {_fmt(d.interval_diff[0], digits, True)} to "
+                 f"{_fmt(d.interval_diff[1], digits, True)}")
+    return f"{head}. {body}; {d.reason}."
+
+
 __all__ = ["verdict", "verdict_sentence", "decide", "Decision", "VERDICTS", "MIN_SEEDS",
-           "UP", "DOWN", "UNCLEAR"]
+           "UP", "DOWN", "UNCLEAR", "PAIRED_MIN_SEEDS", "paired_decide", "paired_sentence"]

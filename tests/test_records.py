@@ -1,0 +1,122 @@
+"""Run records: fixed resamples, one run key, a study that trains only what has no record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sodlab.engine.records import (
+    paired_samples,
+    read_record,
+    resample_draws,
+    resampled_metrics,
+    split_hash,
+)
+from sodlab.errors import InputError
+
+TINY = {"max_steps": 2, "batch_size": 2}
+SMALL = ("input_size=128",)
+
+
+def _gt(n_img=6):
+    images = [{"id": i + 1, "width": 64, "height": 64} for i in range(n_img)]
+    anns = [{"id": k + 1, "image_id": (k % n_img) + 1, "category_id": 1,
+             "bbox": [2.0 * k, 3.0, 8.0 + k, 9.0], "area": (8.0 + k) * 9.0, "iscrowd": 0}
+            for k in range(2 * n_img)]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "face"}]}
+
+
+def test_draws_are_fixed_by_the_split_and_differ_between_splits():
+    a = resample_draws("ab" * 32, 40, n=20)
+    assert a.shape == (20, 40) and a.min() >= 0 and a.max() < 40
+    assert np.array_equal(a, resample_draws("ab" * 32, 40, n=20))
+    assert not np.array_equal(a, resample_draws("cd" * 32, 40, n=20))
+    with pytest.raises(InputError):
+        resample_draws("ab" * 32, 0)
+
+
+def test_split_hash_follows_the_annotations():
+    g = _gt()
+    h = split_hash(g)
+    g["annotations"][0]["bbox"][0] += 1
+    assert split_hash(g) != h
+
+
+def test_the_identity_resample_is_the_whole_set_and_a_repeated_image_counts_twice():
+    from sodlab.metrics.coco import evaluate_clean, load_dets, load_gt
+
+    g = load_gt(_gt())
+    rng = np.random.default_rng(0)
+    dets = load_dets([{"image_id": a["image_id"], "category_id": 1,
+                       "bbox": [v + float(rng.uniform(-1, 1)) for v in a["bbox"]],
+                       "score": float(rng.uniform())} for a in g["annotations"]], g)
+    n = len(g["images"])
+    draws = np.stack([np.arange(n), np.zeros(n, dtype=np.int64)])
+    out = resampled_metrics(g, dets, draws, keys=("AP", "AP50", "AP_large"))
+    whole = evaluate_clean(g, dets)
+    assert out["AP"][0] == pytest.approx(whole["AP"])
+    first = {"images": [g["images"][0]], "categories": g["categories"],
+             "annotations": [a for a in g["annotations"] if a["image_id"] == 1]}
+    one = evaluate_clean(load_gt(first), [d for d in dets if d["image_id"] == 1])
+    assert out["AP50"][1] == pytest.approx(one["AP50"])
+    assert np.isnan(out["AP_large"]).all()  # no large objects: NaN, not -1
+
+
+def test_paired_samples_refuse_records_on_different_validation_sets():
+    a = {"key": "a" * 64, "val_hash": "x", "resamples": {"n": 2, "seed": 0},
+         "samples": {"AP": [0.1, 0.2]}}
+    b = {**a, "key": "b" * 64, "samples": {"AP": [0.3, None]}}
+    d = paired_samples(a, b, "AP")
+    assert d[0] == pytest.approx(0.2) and np.isnan(d[1])
+    with pytest.raises(InputError):
+        paired_samples(a, {**b, "val_hash": "y"}, "AP")
+    with pytest.raises(InputError):
+        paired_samples(a, b, "AP_small")
+
+
+def test_a_study_trains_once_and_after_the_cache_is_gone_still_trains_nothing(
+        quick_dataset, tmp_path, monkeypatch):
+    from sodlab.engine.experiment import Technique, key_of, run_technique
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SODLAB_RECORDS", str(tmp_path / "records"))
+    tech = Technique("tiny fpn", "fpn", overrides=(("input_size", 128),))
+    first = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    assert first["from_record"] is False
+    assert first["key"] == key_of(tech, quick_dataset, seed=0, budget=TINY)
+    assert len(first["samples"]["AP_small"]) == 500
+    path = tmp_path / "records" / "full" / f"{first['key']}.json"
+    assert path.is_file() and path.stat().st_size < 60_000
+    trained = []
+    import sodlab.engine.cache as cache  # run_technique imports cached_train from here
+
+    orig = cache.cached_train
+
+    def spy(*a, **k):
+        trained.append(a)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(cache, "cached_train", spy)
+    second = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    shutil.rmtree(tmp_path / "cache")
+    third = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    assert trained == []
+    for rec in (second, third):
+        assert rec["from_record"] is True
+        assert rec["metrics"] == first["metrics"] and rec["samples"] == first["samples"]
+    assert read_record(first["key"], mode="full")["seed"] == 0
+    assert json.loads(path.read_text())["budget"]["images_seen"] == 4
+
+
+def test_the_cache_key_does_not_hold_the_resolved_precision(quick_dataset):
+    from sodlab.engine.cache import train_key
+
+    auto = train_key("fpn", quick_dataset, overrides=SMALL, max_steps=3)[0]
+    assert auto == train_key("fpn", quick_dataset, overrides=SMALL, max_steps=3,
+                             precision="auto")[0]
+    assert auto != train_key("fpn", quick_dataset, overrides=SMALL, max_steps=3,
+                             precision="fp32")[0]
+    assert auto != train_key("fpn", quick_dataset, overrides=SMALL, max_steps=4)[0]
