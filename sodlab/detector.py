@@ -78,7 +78,14 @@ from sodlab.anchors import LevelSpec, anchors_for_level
 from sodlab.boxes import BoxCoder, clip_boxes
 from sodlab.errors import InputError
 from sodlab.losses import box_loss, focal_loss, softmax_ohem_loss
-from sodlab.matching import context_boxes, match_anchors_batch, pyramid_anchor_labels
+from sodlab.matching import (
+    DOTD_SIZE,
+    NWD_CONSTANT,
+    SIMILARITIES,
+    context_boxes,
+    match_anchors_batch,
+    pyramid_anchor_labels,
+)
 from sodlab.models.backbones import build_backbone
 from sodlab.models.context import LevelCPM
 from sodlab.models.heads import ContextClassifier, Head
@@ -107,6 +114,18 @@ class DetectorConfig:
     neg_iou: float = 0.4
     low_quality: bool = True  # every object also takes its best anchor(s)
     compensate: bool = False  # S3FD scale compensation after the threshold stage
+    # anchor-box similarity of the face matching: iou, nwd or dotd (sodlab.matching.similarity);
+    # nwd / dotd use their own thresholds below in place of pos_iou, neg_iou and the S3FD
+    # compensation's 0.1, and their normalising size in input px (matching.mean_object_size)
+    matcher: str = "iou"
+    nwd_constant: float = NWD_CONSTANT  # NWD's C: mean sqrt(w h) of the embedded train faces
+    dotd_size: float = DOTD_SIZE  # DotD's S: sqrt of their mean area
+    nwd_pos: float = 0.7  # the NWD paper's RPN thresholds: positive at NWD >= 0.7,
+    nwd_neg: float = 0.3  # negative below 0.3
+    nwd_min: float = 0.1  # S3FD compensation takes anchors with NWD > 0.1
+    dotd_pos: float = 0.7  # DotD: the same three thresholds as NWD
+    dotd_neg: float = 0.3
+    dotd_min: float = 0.1
     maxout_bg: int = 0  # extra background scores on the finest level (S3FD: 2 -> 3 in all)
     loss: str = "focal"
     score_thresh: float = 0.05
@@ -262,7 +281,27 @@ def _check(cfg: DetectorConfig) -> DetectorConfig:
         raise InputError(f"pyramid_boxes must be paper or real, got {cfg.pyramid_boxes!r}")
     if cfg.cpm and cfg.width % 4:
         raise InputError(f"cpm needs a width divisible by 4, got {cfg.width}")
+    if cfg.matcher not in SIMILARITIES:
+        raise InputError(f"unknown matcher {cfg.matcher!r}; valid values: "
+                         f"{', '.join(SIMILARITIES)}")
+    if not (cfg.nwd_constant > 0 and cfg.dotd_size > 0):
+        raise InputError(f"nwd_constant and dotd_size must be > 0, got {cfg.nwd_constant} "
+                         f"and {cfg.dotd_size}")
+    pos, neg, _, _ = _matching_options(cfg)
+    if cfg.matcher != "iou" and not 0 <= neg <= pos <= 1:
+        raise InputError(f"matcher={cfg.matcher} needs 0 <= {cfg.matcher}_neg <= "
+                         f"{cfg.matcher}_pos <= 1, got {neg} and {pos}")
     return cfg
+
+
+def _matching_options(cfg: DetectorConfig) -> tuple[float, float, float, float | None]:
+    """``(pos, neg, min, constant)`` of ``cfg.matcher`` for ``match_anchors_batch``: the IoU
+    thresholds (``pos_iou``, ``neg_iou``, S3FD's 0.1, no constant) or the measure's own."""
+    if cfg.matcher == "nwd":
+        return cfg.nwd_pos, cfg.nwd_neg, cfg.nwd_min, cfg.nwd_constant
+    if cfg.matcher == "dotd":
+        return cfg.dotd_pos, cfg.dotd_neg, cfg.dotd_min, cfg.dotd_size
+    return cfg.pos_iou, cfg.neg_iou, 0.1, None
 
 
 def make_config(preset: str, *, num_classes: int, overrides=()) -> DetectorConfig:
@@ -375,9 +414,10 @@ class Detector(nn.Module):
         gts = [t["boxes"].to(anchors.dtype) for t in targets]  # B x [N_b, 4]
         crowds = [t.get("iscrowd", torch.zeros(len(gt), dtype=torch.bool)).to(gt.device)
                   for t, gt in zip(targets, gts)]  # B x [N_b]
-        m = match_anchors_batch(anchors, gts, crowds, pos_iou=cfg.pos_iou, neg_iou=cfg.neg_iou,
-                                allow_low_quality=cfg.low_quality,
-                                compensate=cfg.compensate)  # [B, A]
+        pos_t, neg_t, min_t, constant = _matching_options(cfg)
+        m = match_anchors_batch(anchors, gts, crowds, pos_iou=pos_t, neg_iou=neg_t,
+                                allow_low_quality=cfg.low_quality, compensate=cfg.compensate,
+                                min_iou=min_t, kind=cfg.matcher, constant=constant)  # [B, A]
         counted, pos = m >= -1, m >= 0  # [B, A] positives and negatives; positives
         b_idx, a_idx = torch.nonzero(pos, as_tuple=True)  # [P]
         obj = m[b_idx, a_idx]  # [P] the object of each positive in its image

@@ -35,8 +35,19 @@ stacking ``match_anchors`` image by image returns: each image's trained objects 
 its ignored ones) are padded to the batch's largest count, so that one IoU tensor
 ``[B, N, A]`` (anchors along memory, so that the best object of each anchor and the best
 anchor of each object are both fast reductions) serves the threshold and low-quality stages
-(padded objects hold IoU -1 and never match); only S3FD's compensation, which takes anchors
-object by object, loops.
+(padded objects hold IoU -1 and never match; so with the other similarities); only S3FD's
+compensation, which takes anchors object by object, loops.
+
+The similarity of an anchor and a box need not be IoU (``kind``, the detector's
+``matcher``): ``"nwd"`` is the Normalized Gaussian Wasserstein Distance (Wang et al. 2021,
+arXiv 2110.13389) and ``"dotd"`` the Dot Distance (Xu et al. 2021, "Dot Distance for Tiny
+Object Detection in Aerial Images"); ``similarity`` holds their formulas. Both are > 0 for
+boxes that do not overlap, so a face smaller than the anchor grid is still near some anchors.
+The thresholds (``pos_iou``, ``neg_iou``, ``min_iou``) then mean "similarity >= threshold"
+(``min_iou``: ">") on that measure's scale; the crowd rule stays IoA, and PyramidAnchors'
+context labels stay IoU. The defaults ``NWD_CONSTANT`` and ``DOTD_SIZE`` follow each paper's
+rule (the data set's mean object size) on the embedded data set as the detector sees it
+(``input_size`` 384); ``mean_object_size`` measures them on other data.
 
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
 box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2); ``match_anchors_batch`` takes a list of B
@@ -57,6 +68,51 @@ from sodlab.anchors import all_anchors
 
 NEGATIVE = -1
 IGNORE = -2
+SIMILARITIES = ("iou", "nwd", "dotd")  # the kinds ``similarity`` computes
+# Mean object size of the embedded data set's training faces (``full``, seed 0, non-crowd, 16,730
+# faces) after ResizeLongest(384), the default input size, in px: NWD's C is the mean of
+# sqrt(w h) (the NWD paper's "average absolute size"), DotD's S the square root of the mean
+# area (the DotD paper's). Both grow with the input size: recompute with ``mean_object_size``.
+NWD_CONSTANT = 26.6
+DOTD_SIZE = 39.1
+
+
+def similarity(anchors: torch.Tensor, boxes: torch.Tensor, kind: str = "iou", *,
+               constant: float | None = None) -> torch.Tensor:
+    """Similarity of every anchor with every box, in [0, 1]; boxes xyxy in pixels. ``[A, N]``.
+
+    - ``"iou"``: ``torchvision.ops.box_iou``.
+    - ``"nwd"`` (Wang et al. 2021, arXiv 2110.13389): a box is the 2-D Gaussian with mean
+      (cx, cy) and covariance diag(w²/4, h²/4); their 2-Wasserstein distance has
+      W2² = (cx1 - cx2)² + (cy1 - cy2)² + ((w1 - w2) / 2)² + ((h1 - h2) / 2)², and
+      NWD = exp(-W2 / C), ``constant`` = C (default ``NWD_CONSTANT``).
+    - ``"dotd"`` (Xu et al. 2021, Dot Distance): exp(-D / S), D the distance of the centres,
+      ``constant`` = S (default ``DOTD_SIZE``); the sizes play no part.
+
+    RFLA (Xu et al., ECCV 2022) is not offered: its receptive-field Gaussians need per-level
+    receptive-field priors, and it assigns by a hierarchical top-k, not by thresholds, so it
+    is not a drop-in measure for this matcher.
+    """
+    if kind == "iou":
+        return torchvision.ops.box_iou(anchors, boxes)
+    return _similarity_by_object(anchors, boxes[None], kind, constant)[0].t()
+
+
+def mean_object_size(boxes: torch.Tensor, kind: str = "nwd") -> float:
+    """The data set statistic each paper normalises by, for ``boxes [N, 4]`` (xyxy, every
+    trained object of the training set, in the detector's input pixels): ``"nwd"`` the mean
+    of sqrt(w h) (NWD's C), ``"dotd"`` the square root of the mean area w h (DotD's S).
+
+    Set ``--set nwd_constant=...`` / ``dotd_size=...`` from it."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).double()  # [N, 2]
+    area = wh.prod(1)  # [N]
+    if len(area) == 0:
+        raise ValueError("mean_object_size needs at least one box")
+    if kind == "nwd":
+        return float(area.sqrt().mean())
+    if kind == "dotd":
+        return float(area.mean().sqrt())
+    raise ValueError(f"mean_object_size: kind must be nwd or dotd, got {kind!r}")
 
 
 def ioa(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -70,14 +126,15 @@ def ioa(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
                   *, pos_iou: float = 0.5, neg_iou: float = 0.4, allow_low_quality: bool = True,
                   ignore_ioa: float = 0.5, compensate: bool = False,
-                  compensate_n: int | None = None, min_iou: float = 0.1) -> torch.Tensor:
+                  compensate_n: int | None = None, min_iou: float = 0.1, kind: str = "iou",
+                  constant: float | None = None) -> torch.Tensor:
     """Index of each anchor's object, ``NEGATIVE`` or ``IGNORE``. ``[A]`` int64.
 
     One image of ``match_anchors_batch``, which holds the rules (module doc)."""
     return match_anchors_batch(anchors, [boxes], [ignore], pos_iou=pos_iou, neg_iou=neg_iou,
                                allow_low_quality=allow_low_quality, ignore_ioa=ignore_ioa,
                                compensate=compensate, compensate_n=compensate_n,
-                               min_iou=min_iou)[0]
+                               min_iou=min_iou, kind=kind, constant=constant)[0]
 
 
 def context_boxes(faces: torch.Tensor, k: int, *, spa: float = 2.0,
@@ -139,12 +196,17 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
                         pos_iou: float = 0.5, neg_iou: float = 0.4,
                         allow_low_quality: bool = True, ignore_ioa: float = 0.5,
                         compensate: bool = False, compensate_n: int | None = None,
-                        min_iou: float = 0.1) -> torch.Tensor:
+                        min_iou: float = 0.1, kind: str = "iou",
+                        constant: float | None = None) -> torch.Tensor:
     """``match_anchors`` for B images at once: row b is exactly
     ``match_anchors(anchors, boxes[b], ignore[b], **same options)``. ``[B, A]`` int64.
 
     ``boxes``: B tensors ``[N_b, 4]``; ``ignore``: None, or B tensors ``[N_b]`` bool (or None).
+    ``kind`` / ``constant``: the similarity every stage uses (``similarity``); the thresholds
+    ``pos_iou``, ``neg_iou`` and ``min_iou`` are on its scale.
     """
+    if kind not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {kind!r}; valid: {', '.join(SIMILARITIES)}")
     B, A = len(boxes), len(anchors)
     out = torch.full((B, A), NEGATIVE, dtype=torch.int64, device=anchors.device)
     if B == 0:
@@ -155,12 +217,12 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
              for i, b in enumerate(boxes)]  # B x [N_b]
     kept, kept_idx, kept_ok = _pad_objects(boxes, [~f for f in flags])  # [B, N, 4], [B, N] x2
     if kept.shape[1]:
-        iou = _iou_by_object(anchors, kept)  # [B, N, A]
-        iou.masked_fill_(~kept_ok[:, :, None], -1.0)  # padded objects never match
-        col = _threshold_stage(iou, pos_iou, neg_iou, allow_low_quality)  # [B, A] column
+        sim = _similarity_by_object(anchors, kept, kind, constant)  # [B, N, A] IoU, NWD, DotD
+        sim.masked_fill_(~kept_ok[:, :, None], -1.0)  # padded objects never match
+        col = _threshold_stage(sim, pos_iou, neg_iou, allow_low_quality)  # [B, A] column
         col.masked_fill_(~kept_ok.any(1)[:, None], NEGATIVE)  # images with no trained object
         if compensate:
-            _compensate_batch(col, iou, kept_ok, compensate_n, min_iou)
+            _compensate_batch(col, sim, kept_ok, compensate_n, min_iou)
         out = torch.where(col >= 0, kept_idx.gather(1, col.clamp(min=0)), col)  # box index
     crowd, _, crowd_ok = _pad_objects(boxes, flags)  # [B, C, 4], [B, C]
     if crowd.shape[1]:
@@ -224,6 +286,32 @@ def _iou_by_object(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     area_a = (a[2] - a[0]) * (a[3] - a[1])  # [A]
     area_b = (b[:, :, 2] - b[:, :, 0]) * (b[:, :, 3] - b[:, :, 1])  # [B, N, 1]
     return inter.div_(area_a + area_b - inter)
+
+
+def _similarity_by_object(anchors: torch.Tensor, boxes: torch.Tensor, kind: str,
+                          constant: float | None) -> torch.Tensor:
+    """``similarity`` of every padded object ``boxes [B, N, 4]`` with every anchor, laid out as
+    ``_iou_by_object``: ``[B, N, A]``. ``"iou"`` is ``_iou_by_object`` itself (bit-identical)."""
+    if kind == "iou":
+        return _iou_by_object(anchors, boxes)
+    if kind not in ("nwd", "dotd"):
+        raise ValueError(f"unknown similarity {kind!r}; valid: {', '.join(SIMILARITIES)}")
+    c = float(constant if constant is not None else
+              (NWD_CONSTANT if kind == "nwd" else DOTD_SIZE))
+    if not c > 0:
+        raise ValueError(f"the {kind} constant must be > 0, got {c}")
+    a = anchors.t()  # [4, A]
+    b = boxes[..., None]  # [B, N, 4, 1]
+    dx = (a[0] + a[2]).sub(b[:, :, 0] + b[:, :, 2]).mul_(0.5)  # [B, N, A] centre offsets
+    dy = (a[1] + a[3]).sub(b[:, :, 1] + b[:, :, 3]).mul_(0.5)  # [B, N, A]
+    d2 = dx.mul_(dx).add_(dy.mul_(dy))  # [B, N, A] squared centre distance
+    del dy
+    if kind == "nwd":  # + the covariances' part: ((w1 - w2) / 2)² + ((h1 - h2) / 2)²
+        dw = (a[2] - a[0]).sub(b[:, :, 2] - b[:, :, 0]).mul_(0.5)  # [B, N, A]
+        d2.add_(dw.mul_(dw))
+        dh = (a[3] - a[1]).sub(b[:, :, 3] - b[:, :, 1]).mul_(0.5)  # [B, N, A]
+        d2.add_(dh.mul_(dh))
+    return d2.sqrt_().div_(-c).exp_()  # [B, N, A]
 
 
 def _compensate_batch(col: torch.Tensor, iou: torch.Tensor, real: torch.Tensor,

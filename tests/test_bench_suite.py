@@ -222,8 +222,9 @@ class BoxModel(torch.nn.Module):
 
 @pytest.mark.parametrize("test", ["single", "pyramid", "multiscale", "sliced"])
 def test_every_test_path_maps_boxes_to_the_original_image(test):
-    tech = suite.Technique("t", "", "test", "fpn", test=test)
-    fn = suite.predict_fn(tech, BoxModel().eval(), 64)
+    from sodlab.engine.experiment import predict_fn
+
+    fn = predict_fn(test, BoxModel().eval(), 64)
     images = [torch.rand(3, 48, 80), torch.rand(3, 50, 40)]
     outs = fn(images)
     assert len(outs) == 2

@@ -79,14 +79,14 @@ def test_paired_samples_refuse_records_on_different_validation_sets():
 
 def test_a_study_trains_once_and_after_the_cache_is_gone_still_trains_nothing(
         quick_dataset, tmp_path, monkeypatch):
-    from sodlab.engine.experiment import Technique, key_of, run_technique
+    from sodlab.engine.experiment import Technique, plan, run_technique
 
     monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SODLAB_RECORDS", str(tmp_path / "records"))
     tech = Technique("tiny fpn", "fpn", overrides=(("input_size", 128),))
-    first = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    first = run_technique(tech, quick_dataset, seed=0, mode="full", budget=TINY)
     assert first["from_record"] is False
-    assert first["key"] == key_of(tech, quick_dataset, seed=0, budget=TINY)
+    assert first["key"] == plan(tech, quick_dataset, seed=0, budget=TINY)["key"]
     assert len(first["samples"]["AP_small"]) == 500
     path = tmp_path / "records" / "full" / f"{first['key']}.json"
     assert path.is_file() and path.stat().st_size < 60_000
@@ -100,9 +100,9 @@ def test_a_study_trains_once_and_after_the_cache_is_gone_still_trains_nothing(
         return orig(*a, **k)
 
     monkeypatch.setattr(cache, "cached_train", spy)
-    second = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    second = run_technique(tech, quick_dataset, seed=0, mode="full", budget=TINY)
     shutil.rmtree(tmp_path / "cache")
-    third = run_technique(tech, quick_dataset, seed=0, budget=TINY, mode="full")
+    third = run_technique(tech, quick_dataset, seed=0, mode="full", budget=TINY)
     assert trained == []
     for rec in (second, third):
         assert rec["from_record"] is True
@@ -120,3 +120,30 @@ def test_the_cache_key_does_not_hold_the_resolved_precision(quick_dataset):
     assert auto != train_key("fpn", quick_dataset, overrides=SMALL, max_steps=3,
                              precision="fp32")[0]
     assert auto != train_key("fpn", quick_dataset, overrides=SMALL, max_steps=4)[0]
+
+
+def test_a_tiny_study_run_twice_and_without_its_cache_gives_the_same_tables(
+        quick_dataset, tmp_path, monkeypatch):
+    import sodlab.engine.cache as cache
+    from sodlab.engine.experiment import Technique
+    from sodlab.engine.study import Study, run_study, tables
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SODLAB_RECORDS", str(tmp_path / "records"))
+    st = Study("tiny", "none", (Technique("a", "fpn", overrides=(("input_size", 128),)),
+                                Technique("b", "fpn", overrides=(("input_size", 96),))),
+               (("a", "b"),), metrics=("AP", "AP50"))
+    first = run_study(st, quick_dataset, mode="full", seeds=(0, 1), budget=TINY)
+    trained = []
+    orig = cache.cached_train
+    monkeypatch.setattr(cache, "cached_train", lambda *a, **k: trained.append(a) or orig(*a, **k))
+    second = run_study(st, quick_dataset, mode="full", seeds=(0, 1), budget=TINY)
+    shutil.rmtree(tmp_path / "cache")
+    third = run_study(st, quick_dataset, mode="full", seeds=(0, 1), budget=TINY)
+    assert trained == []
+    for later in (second, third):
+        assert later == first
+        for x, y in zip(tables(first), tables(later)):
+            assert x.equals(y)
+    verdicts = {c["verdict"] for c in first["comparisons"]}
+    assert verdicts <= {"up", "down", "no clear difference"} and len(first["comparisons"]) == 2

@@ -72,19 +72,19 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
     for preset, m in tqdm(curve_points(presets, multiples), disable=not progress,
                           desc="budget curve"):
         budget = budget_at(m, quick=quick)
-        rec = run_technique(Technique(preset, preset), root, seed=0, budget=budget, mode=mode,
+        rec = run_technique(Technique(preset, preset), root, seed=0, mode=mode, budget=budget,
                             progress=progress)
         rows.append({"preset": preset, "multiple": m,
                      "images_seen": rec["budget"]["images_seen"],
                      "train_seconds": rec.get("train_seconds"), "key": rec["key"],
                      **{k: rec["metrics"][k] for k in KEYS}})
-    result = assemble(rows, quick=quick)
+    result = assemble_curve(rows, quick=quick)
     if not quick:
         write_json(Path(out) if out else repo_root() / "results" / "budget_curve.json", result)
     return result
 
 
-def assemble(rows: list[dict], *, quick: bool) -> dict:
+def assemble_curve(rows: list[dict], *, quick: bool) -> dict:
     """The curve's JSON: rows, the old full and quick budgets, and the sufficient multiple."""
     from sodlab.engine.budgets import QUICK_DEFAULT
 
@@ -101,4 +101,4 @@ def assemble(rows: list[dict], *, quick: bool) -> dict:
 
 
 __all__ = ["OLD_FULL", "MULTIPLES", "PRESETS", "KEYS", "budget_at", "curve_points",
-           "smallest_sufficient", "run", "assemble"]
+           "smallest_sufficient", "run", "assemble_curve"]

@@ -67,81 +67,89 @@ SPEED_TOLERANCE = 0.25  # a latency "moved" when it left +-25 % of the reference
 QUICK_SSDLITE_S = 30.0  # SSDlite's wall-clock cap in quick mode
 FULL_SSDLITE_S = 300.0  # its budget in full mode when fpn's training time is unknown
 
-# notebook 02's recipes (the same dicts, so the same run-cache entries)
-COPY_PASTE = {"copy_paste": {"p": 0.5, "strategy": "all_once", "with_context": True}}
-OVERSAMPLE = {"oversample": 3}
-DAS = {"das": {"p": 0.5}}  # notebook 08
-
-
 @dataclass(frozen=True)
-class Technique:
-    """One row of the benchmark: how its model is trained and how it predicts."""
+class Row:
+    """One row of the benchmark: how its model is trained and how it predicts.
+
+    ``technique`` is the same ``sodlab.engine.experiment.Technique`` a notebook's study
+    declares under the same name (a test checks it), so both share run-cache entries.
+    """
 
     name: str
     notebook: str                      # the notebook that teaches it ("" when none does)
     kind: str                          # "preset", "recipe", "test", "stage two", "other"
     preset: str | None = None          # the detector preset (None: SSDlite)
-    recipe: str | None = None          # "oversample", "copy_paste", "das", "mst", "snip", "sniper"
+    recipe: str | None = None          # a name in sodlab.engine.experiment.RECIPES
     test: str = "single"               # "single", "pyramid", "multiscale", "sliced", "ssdlite"
     stage_two: dict | None = field(default=None, hash=False)  # a stage-two spec
     against: str | None = None         # the technique this one changes
     needs: tuple[str, ...] = ()        # "masks", "large objects"
     what: str = ""                     # one line for the page
 
+    @property
+    def technique(self):
+        """The experiment layer's ``Technique`` of this row (None for SSDlite)."""
+        from sodlab.engine.experiment import Technique
 
-TECHNIQUES: tuple[Technique, ...] = (
-    Technique("baseline", "03_fpn", "preset", "baseline",
+        if self.preset is None:
+            return None
+        return Technique(self.name, self.preset, recipe=self.recipe, stage_two=self.stage_two,
+                         test=self.test, needs=self.needs)
+
+
+TECHNIQUES: tuple[Row, ...] = (
+    Row("baseline", "03_fpn", "preset", "baseline",
               what="one level at stride 16, every anchor size on it"),
-    Technique("image pyramid", "03_fpn", "test", "baseline", test="pyramid", against="baseline",
+    Row("image pyramid", "03_fpn", "test", "baseline", test="pyramid", against="baseline",
               what="the baseline at half, one and two times its input size, merged by NMS"),
-    Technique("fpn", "03_fpn", "preset", "fpn", against="baseline",
+    Row("fpn", "03_fpn", "preset", "fpn", against="baseline",
               what="feature pyramid, strides 4-64, one anchor size per level"),
-    Technique("ssh", "04_ssh_receptive_fields", "preset", "ssh", against="baseline",
+    Row("ssh", "04_ssh_receptive_fields", "preset", "ssh", against="baseline",
               what="SSH's three detection modules with context modules"),
-    Technique("s3fd", "06_dense_anchors", "preset", "s3fd", against="fpn",
+    Row("s3fd", "06_dense_anchors", "preset", "s3fd", against="fpn",
               what="equal-proportion anchors, compensated matching, max-out background"),
-    Technique("faceboxes", "06_dense_anchors", "preset", "faceboxes", against="fpn",
+    Row("faceboxes", "06_dense_anchors", "preset", "faceboxes", against="fpn",
               what="rapidly digested stride-32 backbone, densified anchors"),
-    Technique("pyramidbox", "08_pyramidbox", "preset", "pyramidbox", against="s3fd",
+    Row("pyramidbox", "08_pyramidbox", "preset", "pyramidbox", against="s3fd",
               what="S3FD + low-level FPN, PyramidAnchors, CPM, max-in-out"),
-    Technique("pyramidbox + DAS", "08_pyramidbox", "recipe", "pyramidbox", recipe="das",
+    Row("pyramidbox + DAS", "08_pyramidbox", "recipe", "pyramidbox", recipe="das",
               against="pyramidbox", what="PyramidBox trained with data-anchor-sampling"),
-    Technique("fast", "", "preset", "fast", against="fpn",
+    Row("fast", "", "preset", "fast", against="fpn",
               what="fpn's levels with depthwise-separable convolutions, no head tower"),
-    Technique("oversample 3x", "02_augmentation", "recipe", "fpn", recipe="oversample",
+    Row("oversample 3x", "02_augmentation", "recipe", "fpn", recipe="oversample 3x",
               against="fpn", what="images holding a small object three times per epoch"),
-    Technique("copy-paste", "02_augmentation", "recipe", "fpn", recipe="copy_paste",
+    Row("copy-paste", "02_augmentation", "recipe", "fpn", recipe="copy-paste",
               against="fpn", needs=("masks",),
               what="small faces pasted again, with their head-and-body context"),
-    Technique("MST", "05_snip_sniper", "recipe", "fpn", recipe="mst", test="multiscale",
+    Row("MST", "05_snip_sniper", "recipe", "fpn", recipe="mst", test="multiscale",
               against="fpn", what="multi-scale training (no valid ranges), three-scale test"),
-    Technique("SNIP", "05_snip_sniper", "recipe", "fpn", recipe="snip", test="multiscale",
+    Row("SNIP", "05_snip_sniper", "recipe", "fpn", recipe="snip", test="multiscale",
               against="MST", what="multi-scale training and test with SNIP's valid ranges"),
-    Technique("SNIPER", "05_snip_sniper", "recipe", "fpn", recipe="sniper", test="multiscale",
+    Row("SNIPER", "05_snip_sniper", "recipe", "fpn", recipe="sniper", test="multiscale",
               against="fpn", what="SNIPER's chips at three scales, three-scale test"),
-    Technique("sliced inference", "05_snip_sniper", "test", "fpn", test="sliced",
+    Row("sliced inference", "05_snip_sniper", "test", "fpn", test="sliced",
               against="fpn", what="fpn on 2x up-sampled overlapping tiles + the full image"),
-    Technique("RoI head", "09_relation_networks", "stage two", "fpn",
+    Row("RoI head", "09_relation_networks", "stage two", "fpn",
               stage_two={"kind": "roi"}, against="fpn",
               what="a Fast R-CNN head on the frozen fpn's proposals"),
-    Technique("Perceptual GAN (perception only)", "07_perceptual_gan", "stage two", "fpn",
+    Row("Perceptual GAN (perception only)", "07_perceptual_gan", "stage two", "fpn",
               stage_two={"kind": "pgan", "adversarial": False}, against="RoI head",
               needs=("large objects",),
               what="the GAN's generator trained by the perception loss alone"),
-    Technique("Perceptual GAN", "07_perceptual_gan", "stage two", "fpn",
+    Row("Perceptual GAN", "07_perceptual_gan", "stage two", "fpn",
               stage_two={"kind": "pgan"}, against="Perceptual GAN (perception only)",
               needs=("large objects",), what="generator + adversarial and perception branches"),
-    Technique("Relation Networks", "09_relation_networks", "stage two", "fpn",
+    Row("Relation Networks", "09_relation_networks", "stage two", "fpn",
               stage_two={"kind": "roi", "relation": 1, "learned_nms": True},
               against="RoI head", what="relation modules after the fc layers + learned NMS"),
-    Technique("SSDlite", "", "other", None, test="ssdlite", against="fpn",
+    Row("SSDlite", "", "other", None, test="ssdlite", against="fpn",
               what="torchvision's ssdlite320_mobilenet_v3_large from scratch, same wall clock"),
 )
 NAMES: tuple[str, ...] = tuple(t.name for t in TECHNIQUES)
-BY_NAME: dict[str, Technique] = {t.name: t for t in TECHNIQUES}
+BY_NAME: dict[str, Row] = {t.name: t for t in TECHNIQUES}
 
 
-def select(names: Sequence[str] | None) -> list[Technique]:
+def select(names: Sequence[str] | None) -> list[Row]:
     """The techniques named (in suite order), or all; InputError names an unknown one."""
     if names is None:
         return list(TECHNIQUES)
@@ -178,7 +186,7 @@ def data_facts(root: str | os.PathLike, *, progress: bool = False) -> dict:
     return facts
 
 
-def skip_reason(tech: Technique, facts: Mapping, *, input_size: int | None = None,
+def skip_reason(tech: Row, facts: Mapping, *, input_size: int | None = None,
                 root: str | os.PathLike | None = None) -> str | None:
     """Why ``tech`` cannot run on this data (None when it can)."""
     if "masks" in tech.needs and not facts.get("masks"):
@@ -194,7 +202,7 @@ def skip_reason(tech: Technique, facts: Mapping, *, input_size: int | None = Non
     return None
 
 
-def data_notes(facts: Mapping, techniques: Sequence[Technique]) -> list[str]:
+def data_notes(facts: Mapping, techniques: Sequence[Row]) -> list[str]:
     """Sentences on what the data lacks and what runs anyway (for the page)."""
     names = {t.name for t in techniques}
     notes = []
@@ -210,17 +218,8 @@ def data_notes(facts: Mapping, techniques: Sequence[Technique]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- models
-def _recipe(tech: Technique, input_size: int) -> dict | None:
-    from sodlab.bench.recipe_speed import snip_recipes
-
-    if tech.recipe is None:
-        return None
-    fixed = {"oversample": OVERSAMPLE, "copy_paste": COPY_PASTE, "das": DAS}
-    if tech.recipe in fixed:
-        return fixed[tech.recipe]
-    snip = snip_recipes(chip=input_size // 2, stride=32)  # notebook 05's four recipes
-    return {"mst": snip["MST (no ranges)"], "snip": snip["SNIP"],
-            "sniper": snip["SNIPER"]}[tech.recipe]
+def _recipe(tech: Row, input_size: int) -> dict | None:
+    return tech.technique.recipe_dict(input_size) if tech.technique else None
 
 
 def _budget(preset: str, *, quick: bool, budget: Mapping | None) -> dict:
@@ -243,7 +242,7 @@ def input_size_of(preset: str, root: str | os.PathLike, *, quick: bool,
     return int(make_config(preset, num_classes=n, overrides=b["overrides"]).input_size)
 
 
-def train_kwargs(tech: Technique, root: str | os.PathLike, *, quick: bool,
+def train_kwargs(tech: Row, root: str | os.PathLike, *, quick: bool,
                  budget: Mapping | None = None) -> dict:
     """The ``cached_train`` keyword arguments of a single-stage technique (seed aside)."""
     b = _budget(tech.preset, quick=quick, budget=budget)
@@ -251,7 +250,7 @@ def train_kwargs(tech: Technique, root: str | os.PathLike, *, quick: bool,
     return {**b, "recipe": _recipe(tech, size)}
 
 
-def is_cached(tech: Technique, root: str | os.PathLike, *, seed: int, quick: bool,
+def is_cached(tech: Row, root: str | os.PathLike, *, seed: int, quick: bool,
               budget: Mapping | None = None, stage_budget: Mapping | None = None) -> bool:
     """Whether the run cache already holds ``tech``'s model for ``seed`` (nothing trains).
 
@@ -302,7 +301,7 @@ def missing_models(root: str | os.PathLike, *, quick: bool,
     return out
 
 
-def _load(tech: Technique, root: Path, *, seed: int, quick: bool, progress: bool,
+def _load(tech: Row, root: Path, *, seed: int, quick: bool, progress: bool,
           budget: Mapping | None, stage_budget: Mapping | None):
     """(model, input_size, cat_ids, training summary) of a detector technique."""
     from sodlab.engine import cached_train, load_detector
@@ -323,59 +322,32 @@ def _load(tech: Technique, root: Path, *, seed: int, quick: bool, progress: bool
 
 
 # ----------------------------------------------------------------------------- prediction
-def predict_fn(tech: Technique, model, input_size: int | None):
-    """``fn(images: list of [3, H, W]) -> list of {"boxes" [N, 4], "scores", "labels"}``.
-
-    Boxes in each original image's pixels, labels contiguous (0..C-1), the technique's own
-    test path (see ``Technique.test``).
-    """
+def _row_predict_fn(tech: Row, model, input_size: int | None):
+    """The row's test path (``sodlab.engine.experiment.predict_fn``; SSDlite its own)."""
     import torch
 
-    from sodlab.engine.predict import as_given_predict_fn, detect_batch, detect_pyramid
-    from sodlab.slicing import sliced_predict
-    from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, multiscale_predict
+    from sodlab.engine.experiment import predict_fn
 
-    if tech.test == "ssdlite":
-        @torch.inference_mode()
-        def ssd(images):
-            outs = []
-            for img in images:
-                o = model([img])[0]  # labels 1..C, boxes in the image's pixels
-                top = o["scores"].argsort(descending=True)[:100]
-                outs.append({"boxes": o["boxes"][top], "scores": o["scores"][top],
-                             "labels": o["labels"][top] - 1})
-            return outs
-        return ssd
-    size = int(input_size)
-    if tech.test == "single":
-        return lambda images: detect_batch(model, images, input_size=size)
-    if tech.test == "pyramid":  # notebook 03: half, one and two times the input size
-        return lambda images: detect_pyramid(model, images,
-                                             input_sizes=[size // 2, size, size * 2])
-    raw = as_given_predict_fn(model)
+    if tech.test != "ssdlite":
+        return predict_fn(tech.test, model, int(input_size))
 
-    def resized(img):  # the detector at its training size on any tensor (notebook 05)
-        f = size / max(img.shape[1:])
-        return multiscale_predict(raw, img, factors=(f,), ranges=((0.0, math.inf),))
-
-    if tech.test == "multiscale":
-        def one(img):
-            f = size / max(img.shape[1:])
-            return multiscale_predict(raw, img, factors=tuple(s * f for s in DEFAULT_SCALES),
-                                      ranges=DEFAULT_RANGES, merge="nms")
-    elif tech.test == "sliced":
-        def one(img):
-            return sliced_predict(resized, img, tile=size // 2, overlap=0.25, method="nms",
-                                  metric="ios", thresh=0.5, full_image=True)
-    else:
-        raise InputError(f"technique {tech.name!r}: unknown test path {tech.test!r}")
-    return lambda images: [one(img) for img in images]
+    @torch.inference_mode()
+    def ssd(images):
+        outs = []
+        for img in images:
+            o = model([img])[0]  # labels 1..C, boxes in the image's pixels
+            top = o["scores"].argsort(descending=True)[:100]
+            outs.append({"boxes": o["boxes"][top], "scores": o["scores"][top],
+                         "labels": o["labels"][top] - 1})
+        return outs
+    return ssd
 
 
-def predict_split_with(fn, images: Sequence, image_ids: Sequence[int], cat_ids: Sequence[int],
-                       *, batch_size: int = 8, progress: bool = False,
+def _predict_preloaded(fn, images: Sequence, image_ids: Sequence[int],
+                       cat_ids: Sequence[int], *, batch_size: int = 8, progress: bool = False,
                        desc: str = "predict") -> tuple[list[dict], float]:
-    """COCO results of ``fn`` on preloaded images, and the mean seconds per image."""
+    """COCO results of ``fn`` on images already in memory (every row predicts the same
+    ones), and the mean seconds per image."""
     from tqdm.auto import tqdm
 
     from sodlab.data.coco import to_coco_results
@@ -779,8 +751,8 @@ def run(*, quick: bool = True, progress: bool = False,
                         "images_seen": summary.get("images_seen"),
                         "seconds": summary.get("seconds"), "cached": summary.get("cached"),
                         "key": summary.get("key")}
-                fn = predict_fn(tech, model, size)
-                dets, sec = predict_split_with(fn, images, image_ids, cat_ids,
+                fn = _row_predict_fn(tech, model, size)
+                dets, sec = _predict_preloaded(fn, images, image_ids, cat_ids,
                                                progress=progress, desc=tech.name)
                 m = evaluate(gt, dets)
                 row = {k: float(m[k]) for k in KEYS}
@@ -856,7 +828,7 @@ def _mean(values: list) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-__all__ = ["Technique", "TECHNIQUES", "NAMES", "KEYS", "SHOWN", "run", "select", "data_facts",
-           "skip_reason", "is_cached", "missing_models", "predict_fn", "paired_bootstrap",
+__all__ = ["Row", "TECHNIQUES", "NAMES", "KEYS", "SHOWN", "run", "select", "data_facts",
+           "skip_reason", "is_cached", "missing_models", "paired_bootstrap",
            "percentile", "pareto_frontier", "pr_curves", "compare", "outcome", "paper_rows",
            "finish", "regression", "preset_speed"]

@@ -64,7 +64,6 @@ def train_key(preset: str, data_root: str | os.PathLike, *,
     explicitly still gets two runs. ``num_classes``/``data_hash`` skip re-reading the data.
     """
     from sodlab.detector import make_config
-    from sodlab.engine.checkpoint import config_dict
     from sodlab.engine.train import TrainConfig
 
     root = Path(data_root)
@@ -75,9 +74,32 @@ def train_key(preset: str, data_root: str | os.PathLike, *,
     cfg = make_config(preset, num_classes=num_classes, overrides=overrides)
     tcfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, seed=seed, recipe=recipe,
                        val_every=0, extra=dict(extra or {}), precision=precision)
-    keyed = {k: v for k, v in tcfg.to_dict().items() if k not in UNKEYED}
-    key = run_key(config_dict(cfg), keyed, data_hash or data_hash_of(root))
+    keyed = {k: v for k, v in _beside_defaults(tcfg).items() if k not in UNKEYED}
+    key = run_key(_beside_defaults(cfg), keyed, data_hash or data_hash_of(root))
     return key, cfg, tcfg
+
+
+def _beside_defaults(obj) -> dict:
+    """The dataclass's fields whose value differs from the class default.
+
+    So a field added later with a default that keeps the old computation (a new matcher, a
+    data-loading option) leaves every existing key, run cache entry and committed record
+    valid. A changed DEFAULT that changes what trains must bump ``NUMERICS_VERSION``.
+    """
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is dataclasses.MISSING or v != default:
+            out[f.name] = dataclasses.asdict(obj)[f.name] if dataclasses.is_dataclass(v) else v
+    return out
 
 
 def cached_path(key: str, cache_dir: str | os.PathLike | None = None) -> Path | None:

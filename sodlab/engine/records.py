@@ -88,20 +88,25 @@ def resampled_metrics(gt: dict, dets: list[dict], draws: np.ndarray, *,
                       ) -> dict[str, np.ndarray]:
     """``{key: [B]}``: ``evaluate`` on each resample of the images (NaN for an empty bucket).
 
-    ``gt`` and ``dets`` are clean (``load_gt`` / ``load_dets``); a resample is the
-    ground truth and detections of the drawn images, renumbered (``metrics.bootstrap``).
+    ``gt`` and ``dets`` are clean (``load_gt`` / ``load_dets``). A resample is the set where
+    image n appears as often as ``draws[b]`` holds n; each image is matched once and every
+    resample reweights the matches (``sodlab.metrics.resampled``), which gives what
+    evaluating the renumbered resample (``metrics.bootstrap.resample``) gives, for scores
+    without ties across images: a few ms per resample instead of ~150 ms.
     """
     from tqdm.auto import tqdm
 
-    from sodlab.metrics.bootstrap import _by_image, resample
-    from sodlab.metrics.coco import evaluate_clean, paused_gc
+    from sodlab.metrics.resampled import match_images, weighted_summary
 
-    by_img = _by_image(gt, dets)
+    draws = np.asarray(draws, dtype=np.int64)
+    n_images = len(gt["images"])
+    if draws.ndim != 2 or (draws.size and (draws.min() < 0 or draws.max() >= n_images)):
+        raise InputError(f"resampled_metrics: draws must be [B, N] indices into the "
+                         f"{n_images} images, got shape {draws.shape}")
+    table = match_images(gt, dets)
     out = {k: np.full(len(draws), np.nan) for k in keys}
     for b in tqdm(range(len(draws)), disable=not progress, desc="resamples", leave=False):
-        with paused_gc():
-            rg, rd = resample(gt, dets, draws[b], by_img)
-            m = evaluate_clean(rg, rd)
+        m = weighted_summary(table, np.bincount(draws[b], minlength=n_images))
         for k in keys:
             if m[k] > -1:
                 out[k][b] = m[k]

@@ -5,9 +5,12 @@ number. The engine is faster-coco-eval (a C++ port of pycocotools' ``COCOeval``)
 its area ranges to pycocotools' own, inclusive at both ends, plus our ``tiny`` bucket
 (``sodlab.boxes.AREA_RANGES``), and read AP/AR per range straight out of its
 ``eval["precision"]`` ``[T, R, K, A, M]`` and ``eval["recall"]`` ``[T, K, A, M]`` arrays.
+``buckets=`` picks another named set of ranges (AI-TOD's, TinyPerson's, SODA's:
+``sodlab.metrics.buckets``) and ``max_dets=`` the detections kept per image (default 100).
 
 Dimension legend: T IoU thresholds (0.50:0.05:0.95), R recall thresholds (101), K categories,
-A area ranges (all, tiny, small, medium, large), M max-detection settings (1, 10, 100).
+A area ranges (all, then the set's buckets; COCO: all, tiny, small, medium, large), M
+max-detection settings (1, 10, max_dets; fewer when max_dets <= 10).
 
 Inputs: ground truth is a COCO dict, an ``annotations.json`` path or a split folder;
 detections are a list of COCO result dicts (``image_id, category_id, bbox [x,y,w,h],
@@ -20,17 +23,20 @@ import contextlib
 import gc
 import io
 import json
+import logging
+import operator
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sodlab.boxes import AREA_RANGES, BUCKETS
+from sodlab.boxes import BUCKETS
 from sodlab.data.coco import load_coco
 from sodlab.errors import InputError
+from sodlab.metrics.buckets import DEFAULT_BUCKETS, BucketSet, bucket_set
 
-# Area ranges in evaluation order; "all" first, as COCOeval expects.
+# Area ranges in evaluation order; "all" first, as COCOeval expects (the default set's).
 RANGE_LABELS: tuple[str, ...] = ("all", *BUCKETS)
 MAX_DETS = 100
 
@@ -166,28 +172,62 @@ def _quiet(*args, **kwargs) -> None:
     return None
 
 
-def run_cocoeval(gt: dict, dets: list[dict], *, iou_type: str = "bbox"):
-    """Run faster-coco-eval on clean inputs with our area ranges; returns the COCOeval."""
+def max_dets_list(max_dets: int) -> list[int]:
+    """COCOeval's ``maxDets`` for a limit of ``max_dets`` per image: ``[1, 10, max_dets]``.
+
+    Settings not below ``max_dets`` are dropped (COCOeval sorts the list and evaluates at
+    its last entry), so 100 gives ``[1, 10, 100]`` and 5 gives ``[1, 5]``. A non-integer or
+    a limit below 1 raises ``InputError``.
+    """
+    try:
+        if isinstance(max_dets, bool):
+            raise TypeError
+        m = operator.index(max_dets)
+    except TypeError:
+        raise InputError(f"max_dets must be a whole number >= 1, got {max_dets!r}") from None
+    if m < 1:
+        raise InputError(f"max_dets must be >= 1 (detections kept per image), got {m}")
+    return [k for k in (1, 10) if k < m] + [m]
+
+
+class _NoSpanWarning(logging.Filter):
+    """Drops faster-coco-eval's warning that a set's ranges do not cover 0 to 1e10."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Provided area ranges do not span")
+
+
+def run_cocoeval(gt: dict, dets: list[dict], *, iou_type: str = "bbox",
+                 buckets: str | BucketSet = DEFAULT_BUCKETS, max_dets: int = MAX_DETS):
+    """Run faster-coco-eval on clean inputs with a bucket set's ranges; returns the COCOeval."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    ranges = {k: list(AREA_RANGES[k]) for k in BUCKETS}
+    bset = buckets if isinstance(buckets, BucketSet) else bucket_set(buckets)
+    max_dets_setting = max_dets_list(max_dets)
+    ranges = {b: [lo, hi] for b, lo, hi in bset.ranges[1:]}
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
-        coco_gt = COCO(gt, print_function=_quiet)
-        if iou_type == "bbox" or not dets:
-            coco_dt = COCO(print_function=_quiet)
-            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"],
-                               "annotations": dets}
-            coco_dt.createIndex()
-        else:
-            coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, ranges=ranges,
-                             print_function=_quiet)
-        ev.params.areaRng = [list(AREA_RANGES[k]) for k in RANGE_LABELS]
-        ev.params.areaRngLbl = list(RANGE_LABELS)
-        ev.params.maxDets = [1, 10, MAX_DETS]
-        ev.evaluate()
-        ev.accumulate()
+    log = logging.getLogger("faster_coco_eval.core.cocoeval")
+    span_filter = _NoSpanWarning()
+    log.addFilter(span_filter)
+    try:
+        with contextlib.redirect_stdout(sink):
+            coco_gt = COCO(gt, print_function=_quiet)
+            if iou_type == "bbox" or not dets:
+                coco_dt = COCO(print_function=_quiet)
+                coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"],
+                                   "annotations": dets}
+                coco_dt.createIndex()
+            else:
+                coco_dt = coco_gt.loadRes(dets)
+            ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, ranges=ranges,
+                                 print_function=_quiet)
+            ev.params.areaRng = bset.area_rng
+            ev.params.areaRngLbl = list(bset.labels)
+            ev.params.maxDets = max_dets_setting
+            ev.evaluate()
+            ev.accumulate()
+    finally:
+        log.removeFilter(span_filter)
     return ev
 
 
@@ -196,9 +236,14 @@ def _mean_valid(a: np.ndarray) -> float:
     return float(v.mean()) if v.size else -1.0
 
 
-def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray) -> dict:
-    """Our metric keys from COCOeval's precision ``[T,R,K,A,M]`` and recall ``[T,K,A,M]``."""
-    m = -1  # the last max-dets setting, 100
+def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray,
+              labels: tuple[str, ...] = RANGE_LABELS) -> dict:
+    """Our metric keys from COCOeval's precision ``[T,R,K,A,M]`` and recall ``[T,K,A,M]``.
+
+    ``labels`` names the A area ranges, ``all`` first; every other one gets ``AP_<label>``,
+    ``AR_<label>`` and ``R50_<label>``. Everything is read at the last max-dets setting.
+    """
+    m = -1  # the last max-dets setting, max_dets (100 by default)
     t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
     t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
     out = {"AP": _mean_valid(precision[:, :, :, 0, m]),
@@ -206,52 +251,66 @@ def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray) -
            "AP75": _mean_valid(precision[t75, :, :, 0, m]),
            "AR": _mean_valid(recall[:, :, 0, m]),
            "R50": _mean_valid(recall[t50, :, 0, m])}
-    for a, b in enumerate(RANGE_LABELS[1:], start=1):
+    for a, b in enumerate(labels[1:], start=1):
         out[f"AP_{b}"] = _mean_valid(precision[:, :, :, a, m])
         out[f"AR_{b}"] = _mean_valid(recall[:, :, a, m])
         out[f"R50_{b}"] = _mean_valid(recall[t50, :, a, m])
     return out
 
 
-def gt_counts(gt: dict) -> dict:
-    """Non-crowd ground-truth objects per bucket (``n_gt_tiny`` ... ``n_gt_all``)."""
+def gt_counts(gt: dict, buckets: str | BucketSet = DEFAULT_BUCKETS) -> dict:
+    """Non-crowd ground-truth objects per bucket of a set (``n_gt_tiny`` ... ``n_gt_all``)."""
+    bset = buckets if isinstance(buckets, BucketSet) else bucket_set(buckets)
     area = np.array([a["area"] for a in gt["annotations"] if not a["iscrowd"]], dtype=float)
+    rng = dict(zip(bset.labels, bset.area_rng))
     out = {}
-    for b in (*BUCKETS, "all"):
-        lo, hi = AREA_RANGES[b]
+    for b in (*bset.buckets, "all"):
+        lo, hi = rng[b]
         out[f"n_gt_{b}"] = int(((area >= lo) & (area <= hi)).sum())
     return out
 
 
 def evaluate(gt: GtLike, dets: DetsLike, *, iou_type: str = "bbox",
-             progress: bool = False) -> dict:
-    """COCO AP/AR at 100 detections overall and per size bucket, -1 for an empty bucket.
+             progress: bool = False, buckets: str = DEFAULT_BUCKETS,
+             max_dets: int = MAX_DETS) -> dict:
+    """COCO AP/AR at ``max_dets`` detections overall and per size bucket, -1 for an empty bucket.
 
-    Keys: ``AP, AP50, AP75, AR, R50``, and for b in tiny/small/medium/large ``AP_b, AR_b,
-    R50_b`` (R50 = recall at IoU 0.5), plus ``n_gt_b`` and ``n_gt_all`` (non-crowd objects)
-    and ``n_dets``. A detection on an image or of a category that the ground truth does not
-    have raises ``InputError``; an empty detection list gives zeros.
+    Keys: ``AP, AP50, AP75, AR, R50``, and for each bucket b of the set ``buckets`` (default
+    ``coco``: tiny/small/medium/large) ``AP_b, AR_b, R50_b`` (R50 = recall at IoU 0.5), plus
+    ``n_gt_b`` and ``n_gt_all`` (non-crowd objects) and ``n_dets``. The sets (``coco``,
+    ``aitod``, ``tinyperson``, ``soda``) are in ``sodlab.metrics.buckets``; ``max_dets``
+    (default 100; AI-TOD's evaluator uses 1500) is the number of highest-scoring detections
+    kept per image and category. An unknown set, ``max_dets < 1``, or a detection on an
+    image or of a category that the ground truth does not have raises ``InputError``; an
+    empty detection list gives zeros.
     ``progress`` is accepted for a uniform signature; one evaluation has no long loop.
     """
     if iou_type not in ("bbox", "segm"):
         raise InputError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    bucket_set(buckets)
+    max_dets_list(max_dets)
     with paused_gc():
         g = load_gt(gt)
         d = load_dets(dets, g, iou_type=iou_type)
-        return evaluate_clean(g, d, iou_type=iou_type)
+        return evaluate_clean(g, d, iou_type=iou_type, buckets=buckets, max_dets=max_dets)
 
 
-def evaluate_clean(gt: dict, dets: list[dict], *, iou_type: str = "bbox") -> dict:
+def evaluate_clean(gt: dict, dets: list[dict], *, iou_type: str = "bbox",
+                   buckets: str = DEFAULT_BUCKETS, max_dets: int = MAX_DETS) -> dict:
     """``evaluate`` on inputs already passed through ``load_gt`` / ``load_dets``."""
+    bset = bucket_set(buckets)
+    n_max = len(max_dets_list(max_dets))
     out: dict[str, Any] = {}
     if not gt["annotations"] and not dets:
-        keys = summarize(np.full((10, 101, 1, 5, 3), -1.0), np.full((10, 1, 5, 3), -1.0),
-                         np.linspace(0.5, 0.95, 10))
+        a = len(bset.labels)
+        keys = summarize(np.full((10, 101, 1, a, n_max), -1.0),
+                         np.full((10, 1, a, n_max), -1.0), np.linspace(0.5, 0.95, 10),
+                         bset.labels)
         out.update(keys)
     else:
-        ev = run_cocoeval(gt, dets, iou_type=iou_type)
+        ev = run_cocoeval(gt, dets, iou_type=iou_type, buckets=bset, max_dets=max_dets)
         out.update(summarize(np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"]),
-                             np.asarray(ev.params.iouThrs)))
-    out.update(gt_counts(gt))
+                             np.asarray(ev.params.iouThrs), bset.labels))
+    out.update(gt_counts(gt, bset))
     out["n_dets"] = len(dets)
     return out

@@ -1,0 +1,86 @@
+"""`sodlab study`: list the declared studies, say what has no record yet, run one, show one.
+
+Layer L4. ``sodlab study list``; ``sodlab study missing NAME [--full]``; ``sodlab study run
+NAME [--full] [--data ROOT] [--only TECH,...]`` gets a record for every technique and seed
+(training only what has none; a full-mode record lands in ``results/runs/`` as each model
+finishes) and prints both tables; ``sodlab study show NAME --full`` prints them from the
+records alone and fails if any is missing. ``--json OUT`` writes the study's result.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sodlab.cli import add_mode_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "study", help="run a notebook's experiment from run records (train what is missing)",
+        description="A study is a notebook's set of techniques and comparisons. Each "
+        "technique and seed leaves a run record (full mode: results/runs/, committed); a "
+        "study trains only what has no record and compares every pair on the same fixed "
+        "resamples of the validation images (the paired verdict rule).")
+    p.add_argument("action", choices=("list", "missing", "run", "show"),
+                   help="list: the studies; missing: what has no record; run: record what is "
+                   "missing and compare; show: compare from records only")
+    p.add_argument("name", nargs="?", default=None, help="the study (see 'sodlab study list')")
+    add_mode_arguments(p, quick_help="one seed on the quick dataset: numbers, no verdicts "
+                       "(default)", full_help="three seeds on the full dataset: verdicts")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="dataset root (train/ and val/) instead of the embedded one")
+    p.add_argument("--only", default=None, metavar="TECH,...",
+                   help="run only these techniques of the study (comma-separated names)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
+    p.add_argument("--progress", action="store_true", help="progress bars while training")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sodlab.bench.studies import STUDIES, study
+    from sodlab.errors import InputError
+
+    if args.action == "list":
+        for s in [*STUDIES.values(), study("suite")]:
+            print(f"{s.name:18s} {s.notebook:26s} {len(s.techniques):2d} techniques, "
+                  f"{len(s.comparisons):2d} comparisons")
+        return 0
+    if not args.name:
+        raise InputError(f"sodlab study {args.action}: name a study (sodlab study list)")
+    st = study(args.name)
+    mode = "quick" if args.quick else "full"
+    if args.action in ("missing", "show"):
+        from sodlab.engine.study import missing
+
+        todo = missing(st, args.data, mode=mode)
+        if args.action == "missing" or todo:
+            for name, seed in todo:
+                print(f"no record: {name}, seed {seed}")
+            print(f"{len(todo)} of {len(st.techniques) * (1 if args.quick else 3)} runs have "
+                  "no record")
+            return 0 if args.action == "missing" else 1
+    return _run(st, args, mode)
+
+
+def _run(st, args: argparse.Namespace, mode: str) -> int:
+    import pandas as pd
+
+    from sodlab.engine.study import run_study, tables
+    from sodlab.errors import InputError
+    from sodlab.files import write_json
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    if only:
+        unknown = [n for n in only if n not in {t.name for t in st.techniques}]
+        if unknown:
+            raise InputError(f"study {st.name!r} has no technique(s) {unknown}")
+    result = run_study(st, args.data, mode=mode, progress=args.progress, only=only)
+    techs, comps = tables(result)
+    with pd.option_context("display.width", 160, "display.max_columns", 30,
+                           "display.max_rows", 500, "display.float_format", "{:.3f}".format):
+        print(techs.to_string())
+        print()
+        print(comps.to_string(index=False) if len(comps) else "no comparison has both sides")
+    if args.json:
+        write_json(args.json, result)
+    return 0
