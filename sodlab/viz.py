@@ -13,6 +13,8 @@ Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
 - ``bucket_legend(ax)``: a legend of the bucket colours with their area ranges.
 - ``BUCKET_COLORS`` (hex) and ``BUCKET_RGB`` (8-bit tuples): the one set of bucket colours.
 - ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
+- ``show(fig)``: a figure as a PNG output in Jupyter, papermill and the HTML export, the one
+  way notebooks show a ``matplotlib.figure.Figure`` they built themselves.
 - ``size_histogram(ax, sizes, ...)``: a histogram of ``sqrt(area)`` (px) on a log axis with
   the bucket boundaries 16, 32, 96 drawn and labelled.
 
@@ -196,3 +198,22 @@ def size_histogram(ax, sizes, *, bins: int | Sequence[float] = 40, log: bool = T
     ax.set_xlabel(xlabel)
     ax.set_ylabel("objects")
     return ax
+
+
+def show(fig, *, dpi: int = 100) -> None:
+    """Display ``fig`` as a PNG image (any backend) and release it.
+
+    A ``Figure`` made without pyplot is not drawn by the inline backend, and ``display(fig)``
+    prints ``<Figure size ...>`` where no inline backend was set up; a PNG output renders
+    the same in Jupyter, in papermill's executed copy and in the HTML export.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    display(Image(data=buf.getvalue(), format="png"))
+    if plt.fignum_exists(getattr(fig, "number", -1)):
+        plt.close(fig)

@@ -100,5 +100,74 @@ def assemble_curve(rows: list[dict], *, quick: bool) -> dict:
             "mode": "quick" if quick else "full"}
 
 
+def load_curve(path=None) -> dict | None:
+    """The committed ``results/budget_curve.json`` (or ``path``), None when there is none."""
+    import json
+
+    from sodlab.files import repo_root
+
+    p = Path(path) if path else repo_root() / "results" / "budget_curve.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def curve_table(curve: dict):
+    """The curve as a table: one row per multiple, a column per (preset, metric)."""
+    import pandas as pd
+
+    df = pd.DataFrame(curve["rows"])
+    out = df.pivot_table(index=["multiple", "images_seen"], columns="preset",
+                         values=list(curve["keys"]))
+    return out.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0)
+
+
+def sufficiency_sentences(curve: dict) -> list[str]:
+    """Per preset with a complete curve: where it reaches the sufficient share of its top."""
+    out = []
+    for preset, m in (curve.get("sufficient_multiple") or {}).items():
+        rows = {r["multiple"]: r for r in curve["rows"] if r["preset"] == preset}
+        top = max(rows)
+        out.append(f"{preset}: {m}x the old full budget ({rows[m]['images_seen']:,} images) "
+                   f"reaches AP_small {rows[m]['AP_small']:.3f}, at least "
+                   f"{curve['sufficient_share']:.0%} of its {top}x value "
+                   f"({rows[top]['AP_small']:.3f}, {rows[top]['images_seen']:,} images)")
+    return out
+
+
+def plot_curve(curve: dict, *, full_images: int | None = None):
+    """AP_small, AP_tiny and AP50 against images seen (log axis), one line per preset.
+
+    The quick budget, the old full budget and ``full_images`` (the full budget in force,
+    ``sodlab.engine.budgets``) are marked. Returns a ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, len(curve["keys"]), sharex=True)
+    presets = sorted({r["preset"] for r in curve["rows"]})
+    marks = [(curve["quick_images_seen"], "quick", ":"),
+             (curve["old_full"]["images_seen"], "old full", "--")]
+    if full_images:
+        marks.append((full_images, "full", "-"))
+    for ax, key in zip(axes, curve["keys"]):
+        for p in presets:
+            rows = sorted((r for r in curve["rows"] if r["preset"] == p),
+                          key=lambda r: r["images_seen"])
+            ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows], "o-", label=p)
+        for x, label, style in marks:
+            ax.axvline(x, color="0.5", ls=style, lw=1)
+            ax.annotate(label, (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=8, color="0.35", ha="right", va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlabel("training images seen")
+        ax.set_title(key)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("on val (0-1)")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"learning curve ({curve['mode']} mode, one seed)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["OLD_FULL", "MULTIPLES", "PRESETS", "KEYS", "budget_at", "curve_points",
-           "smallest_sufficient", "run", "assemble_curve"]
+           "smallest_sufficient", "run", "assemble_curve", "load_curve", "curve_table",
+           "sufficiency_sentences", "plot_curve"]

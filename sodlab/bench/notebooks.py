@@ -15,6 +15,7 @@ A failing notebook is recorded with its error and the next one still runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -99,6 +100,28 @@ def export_html(executed: Path, out: Path) -> None:
     write_bytes(out, body.encode("utf-8"))
 
 
+INLINE = "module://matplotlib_inline.backend_inline"
+
+
+@contextlib.contextmanager
+def inline_figures():
+    """Start kernels with matplotlib's inline backend, whatever ``MPLBACKEND`` says.
+
+    A kernel inherits the environment: under ``MPLBACKEND=Agg`` (CI, headless shells)
+    ``plt.show()`` draws nothing into the notebook, so its executed copy and HTML would
+    have no figures. The inline backend turns every figure into a PNG output.
+    """
+    old = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = old
+
+
 def run_one(path: Path, *, quick: bool, seed: int, reports_dir: Path,
             data_dir: str | None, timeout_per_cell: int | None) -> NotebookResult:
     """Execute one notebook with papermill and export it; never raises for a notebook error."""
@@ -117,12 +140,13 @@ def run_one(path: Path, *, quick: bool, seed: int, reports_dir: Path,
     error = None
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(path), str(executed), parameters=params,
-                            kernel_name=KERNEL_NAME, language="python", cwd=str(path.parent),
-                            progress_bar=False, log_output=False,
-                            execution_timeout=timeout_per_cell,
-                            # the kernel's start-up warnings would clutter the CLI's lines
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        with inline_figures():
+            pm.execute_notebook(str(path), str(executed), parameters=params,
+                                kernel_name=KERNEL_NAME, language="python",
+                                cwd=str(path.parent), progress_bar=False, log_output=False,
+                                execution_timeout=timeout_per_cell,
+                                # the kernel's start-up warnings would clutter the CLI's lines
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except Exception as exc:  # PapermillExecutionError, timeouts, a dead kernel
         error = _one_line(exc)
     seconds = time.perf_counter() - t0
