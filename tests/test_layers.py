@@ -12,7 +12,7 @@ LAYER = {
     "data": 1, "augment": 1, "tiling": 1, "anchors": 1, "matching": 1, "metrics": 1,
     "receptive": 1, "viz": 1, "snip": 1, "slicing": 1, "nms": 1,
     "models": 2, "losses": 2,
-    "detector": 3,
+    "detector": 3, "anchor_fit": 3,
     "engine": 4, "bench": 4, "cli": 4, "widgets": 4, "__main__": 4, "__init__": 4,
 }
 
