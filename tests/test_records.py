@@ -88,6 +88,11 @@ def test_a_study_trains_once_and_after_the_cache_is_gone_still_trains_nothing(
     assert first["from_record"] is False
     assert first["key"] == plan(tech, quick_dataset, seed=0, budget=TINY)["key"]
     assert len(first["samples"]["AP_small"]) == 500
+    # the embedded data's hard negatives: false alarms per image, compared like AP
+    assert len(first["samples"]["hn_fp_per_image"]) == 500
+    assert first["metrics"]["hn_fp_per_image"] >= 0
+    assert set(first["diagnostics"]) == {"tide", "pr"}
+    assert len(first["diagnostics"]["pr"]["precision"]["all"]) == 101
     path = tmp_path / "records" / "full" / f"{first['key']}.json"
     assert path.is_file() and path.stat().st_size < 60_000
     trained = []

@@ -432,29 +432,6 @@ def pareto_frontier(points: Mapping[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda k: (ok[k][0], -ok[k][1]))
 
 
-def pr_curves(gt, dets, *, iou: float = 0.5) -> dict:
-    """Precision at COCO's 101 recall thresholds per size bucket at one IoU.
-
-    ``{"iou", "recall": [R], "precision": {bucket: [R]}}``: the mean over categories that
-    have objects of the bucket (-1 where none has).
-    """
-    from sodlab.metrics.coco import RANGE_LABELS, load_dets, load_gt, run_cocoeval
-
-    g = load_gt(gt)
-    ev = run_cocoeval(g, load_dets(dets, g))
-    p = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
-    t = int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - iou)))
-    out = {}
-    for a, label in enumerate(RANGE_LABELS):
-        pk = p[t, :, :, a, -1]  # [R, K]
-        valid = pk > -1
-        mean = np.where(valid.any(1), np.where(valid, pk, 0).sum(1) /
-                        np.maximum(valid.sum(1), 1), -1.0)  # [R]
-        out[label] = [float(x) for x in mean]
-    return {"iou": iou, "recall": [float(r) for r in np.asarray(ev.params.recThrs)],
-            "precision": out}
-
-
 def compare(a: Mapping, b: Mapping, key: str, *, samples: Mapping | None = None,
             a_name: str = "A", b_name: str = "B") -> dict:
     """B against A on ``key``: paired per-seed differences, their mean, the paired bootstrap
@@ -650,6 +627,8 @@ def finish(techs: dict[str, dict], first_dets: Mapping[str, list], gt, *, ci_see
                                                for k in SHOWN}}
     best = max(ok, key=lambda n: (techs[n].get("mean") or {}).get("AP_small") or -1.0,
                default=None)
+    from sodlab.metrics.coco import pr_curves
+
     curves = {"technique": best, **pr_curves(gt, first_dets[best])} if best else None
     return {"comparisons": comparisons, "papers": paper_rows(techs, samples),
             "pr_curves": curves}
@@ -830,5 +809,5 @@ def _mean(values: list) -> float | None:
 
 __all__ = ["Row", "TECHNIQUES", "NAMES", "KEYS", "SHOWN", "run", "select", "data_facts",
            "skip_reason", "is_cached", "missing_models", "paired_bootstrap",
-           "percentile", "pareto_frontier", "pr_curves", "compare", "outcome", "paper_rows",
+           "percentile", "pareto_frontier", "compare", "outcome", "paper_rows",
            "finish", "regression", "preset_speed"]

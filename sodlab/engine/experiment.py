@@ -254,6 +254,45 @@ def predict_split_with(fn, split_dir: str | os.PathLike, cat_ids: Sequence[int],
     return dets, seconds / max(len(ds), 1)
 
 
+_REGIONS: dict[str, object] = {}
+
+
+def _hard_negative_regions(split_dir: Path, val_hash: str):
+    """The split's hard-negative regions (embedded data only; None elsewhere), once per split."""
+    from sodlab.metrics.hard_negatives import hard_negative_regions
+
+    if val_hash not in _REGIONS:
+        try:
+            _REGIONS[val_hash] = hard_negative_regions(split_dir)
+        except InputError:  # another dataset: it lists no hard negatives
+            _REGIONS[val_hash] = None
+    return _REGIONS[val_hash]
+
+
+def evaluation_extras(split_dir: Path, gt: dict, dets: list[dict]) -> tuple[dict, dict]:
+    """(per-image metrics, diagnostics) a record keeps beside the COCO metrics.
+
+    Per image: false alarms on the embedded data's hard negatives (``hn_fp_per_image``,
+    notebook 08). Diagnostics: TIDE's error breakdown per bucket (notebook 10) and the
+    precision-recall curves per bucket at IoU 0.5.
+    """
+    from sodlab.engine.records import split_hash
+    from sodlab.metrics.coco import pr_curves
+    from sodlab.metrics.hard_negatives import hard_negative_fp
+    from sodlab.metrics.tide import error_breakdown
+
+    per_image = {}
+    regions = _hard_negative_regions(split_dir, split_hash(gt))
+    if regions is not None:
+        per_image["hn_fp_per_image"] = hard_negative_fp(gt, dets, regions)["per_image"]
+    tide = error_breakdown(gt, dets)
+    curves = pr_curves(gt, dets)
+    diagnostics = {"tide": {"counts": tide["counts"], "dAP": tide["dAP"]},
+                   "pr": {"iou": curves["iou"], "precision": {
+                       b: [round(x, 4) for x in v] for b, v in curves["precision"].items()}}}
+    return per_image, diagnostics
+
+
 def run_technique(tech: Technique, root: str | os.PathLike, *, seed: int,
                   mode: str | Mode = "full", budget: Mapping | None = None,
                   stage_budget: Mapping | None = None, progress: bool = False) -> dict:
@@ -284,10 +323,13 @@ def run_technique(tech: Technique, root: str | os.PathLike, *, seed: int,
                                            batch_size=int(budget["batch_size"]),
                                            progress=progress)
     trained = stage_budget if tech.stage_two is not None else budget
+    clean = load_dets(dets, gt)
+    per_image, diagnostics = evaluation_extras(root / "val", gt, clean)
     rec = make_record(
         key=p["key"], technique=tech.as_dict(),
         budget={"max_steps": int(trained["max_steps"]), "batch_size": int(trained["batch_size"])},
-        seed=seed, mode=m.name, data_hash=facts["data_hash"], gt=gt, dets=load_dets(dets, gt),
+        seed=seed, mode=m.name, data_hash=facts["data_hash"], gt=gt, dets=clean,
+        per_image=per_image, diagnostics=diagnostics,
         provenance={**summary["provenance"], "precision": summary.get("precision"),
                     "cached_model": bool(summary.get("cached"))},
         train_seconds=summary.get("seconds"), progress=progress,
@@ -312,4 +354,4 @@ def has_record(tech: Technique, root: str | os.PathLike, *, seed: int,
 
 
 __all__ = ["TESTS", "NEEDS", "RECIPES", "Technique", "Mode", "MODES", "mode_of", "plan",
-           "predict_fn", "predict_split_with", "run_technique", "has_record"]
+           "predict_fn", "predict_split_with", "evaluation_extras", "run_technique", "has_record"]

@@ -122,14 +122,30 @@ def _rounded(v: float | None) -> float | None:
 def make_record(*, key: str, technique: Mapping, budget: Mapping, seed: int, mode: str,
                 data_hash: str, gt: dict, dets: list[dict], provenance: Mapping,
                 train_seconds: float | None = None, n: int = N_RESAMPLES,
-                extra: Mapping | None = None, progress: bool = False) -> dict:
-    """A record for one trained and evaluated run (``gt``/``dets`` clean, see above)."""
+                per_image: Mapping[str, Sequence[float]] | None = None,
+                diagnostics: Mapping | None = None, extra: Mapping | None = None,
+                progress: bool = False) -> dict:
+    """A record for one trained and evaluated run (``gt``/``dets`` clean, see above).
+
+    ``per_image``: more metrics that are means over images, as ``{key: [N] values in the
+    order of gt["images"]}`` (notebook 08's false alarms on hard negatives per image); the
+    record keeps their mean and their mean on each resample, so they compare like AP.
+    ``diagnostics``: what a notebook shows but never compares (TIDE's error breakdown,
+    precision-recall curves), kept as given.
+    """
     from sodlab.metrics.coco import evaluate_clean
 
     val_hash = split_hash(gt)
     draws = resample_draws(val_hash, len(gt["images"]), n=n)
     samples = resampled_metrics(gt, dets, draws, progress=progress)
     metrics = evaluate_clean(gt, dets)
+    for k, v in (per_image or {}).items():
+        v = np.asarray(v, dtype=float)                         # [N]
+        if v.shape != (len(gt["images"]),):
+            raise InputError(f"make_record: per-image {k!r} has shape {v.shape}, expected "
+                             f"({len(gt['images'])},)")
+        metrics[k] = float(v.mean()) if v.size else None
+        samples[k] = v[draws].mean(1)                          # [B]
     return {
         "record_version": RECORD_VERSION, "key": key, "technique": dict(technique),
         "budget": {**dict(budget),
@@ -138,6 +154,7 @@ def make_record(*, key: str, technique: Mapping, budget: Mapping, seed: int, mod
         "resamples": {"n": int(n), "seed": RESAMPLE_SEED},
         "metrics": {k: _rounded(v) for k, v in metrics.items()},
         "samples": {k: [_rounded(x) for x in v.tolist()] for k, v in samples.items()},
+        "diagnostics": json.loads(json.dumps(dict(diagnostics or {}), default=float)),
         "train_seconds": None if train_seconds is None else round(float(train_seconds), 1),
         "provenance": dict(provenance), **dict(extra or {})}
 

@@ -258,6 +258,27 @@ def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray,
     return out
 
 
+def pr_curves(gt, dets, *, iou: float = 0.5) -> dict:
+    """Precision at COCO's 101 recall thresholds per size bucket at one IoU.
+
+    ``{"iou", "recall": [R], "precision": {bucket: [R]}}``: the mean over categories that
+    have objects of the bucket (-1 where none has).
+    """
+    g = load_gt(gt)
+    ev = run_cocoeval(g, load_dets(dets, g))
+    p = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
+    t = int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - iou)))
+    out = {}
+    for a, label in enumerate(RANGE_LABELS):
+        pk = p[t, :, :, a, -1]  # [R, K]
+        valid = pk > -1
+        mean = np.where(valid.any(1), np.where(valid, pk, 0).sum(1) /
+                        np.maximum(valid.sum(1), 1), -1.0)  # [R]
+        out[label] = [float(x) for x in mean]
+    return {"iou": iou, "recall": [float(r) for r in np.asarray(ev.params.recThrs)],
+            "precision": out}
+
+
 def gt_counts(gt: dict, buckets: str | BucketSet = DEFAULT_BUCKETS) -> dict:
     """Non-crowd ground-truth objects per bucket of a set (``n_gt_tiny`` ... ``n_gt_all``)."""
     bset = buckets if isinstance(buckets, BucketSet) else bucket_set(buckets)
