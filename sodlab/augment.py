@@ -17,14 +17,13 @@ Dimension legend: N objects, H x W image, h x w patch, P pasted objects.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sodlab.data.coco import annotations_by_image
-from sodlab.data.dataset import seeded_generator
 
 SMALL_AREA = 32.0**2
 
@@ -44,42 +43,6 @@ def oversample_repeats(coco: dict, *, k: int,
         raise ValueError(f"oversampling factor k must be >= 1, got {k}")
     by_image = annotations_by_image(coco)
     return [k if predicate(by_image.get(int(im["id"]), [])) else 1 for im in coco["images"]]
-
-
-class OversamplingSampler(torch.utils.data.Sampler):
-    """Yields each dataset index ``repeats[i]`` times per epoch, shuffled by (seed, epoch).
-
-    Works as a distributed sampler too: with ``num_replicas`` > 1 each rank takes every
-    ``num_replicas``-th index of the same shuffled list (padded by wrapping so all ranks get
-    the same count). Call ``set_epoch(e)`` before each epoch.
-    """
-
-    def __init__(self, repeats: Sequence[int], *, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
-        self.repeats = torch.as_tensor(list(repeats), dtype=torch.int64)  # [I]
-        self.shuffle, self.seed = shuffle, seed
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-        self.total = int(self.repeats.sum())
-        self.per_rank = math.ceil(self.total / num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self) -> Iterator[int]:
-        idx = torch.repeat_interleave(torch.arange(len(self.repeats)), self.repeats)  # [T]
-        if self.shuffle:
-            g = seeded_generator(self.seed, self.epoch)
-            idx = idx[torch.randperm(len(idx), generator=g)]
-        pad = self.per_rank * self.num_replicas - len(idx)
-        if pad:
-            idx = torch.cat([idx, idx[:pad]])
-        return iter(idx[self.rank::self.num_replicas].tolist())
 
 
 # --------------------------------------------------------------------------- copy-paste

@@ -155,11 +155,6 @@ def negative_chips(proposals: torch.Tensor, positive: torch.Tensor, height: int,
     return cands[out]
 
 
-def pixels_processed(plans: list[ChipPlan], chip: int) -> int:
-    """Pixels a training pass over these chips processes (chips are K x K each)."""
-    return sum(len(p.chips) for p in plans) * chip * chip
-
-
 # --------------------------------------------------------------------------- training transforms
 def _resize(image: torch.Tensor, factor: float) -> torch.Tensor:
     _, h, w = image.shape

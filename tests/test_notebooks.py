@@ -140,17 +140,25 @@ def test_index_flags_failed_and_slow(tmp_path):
     assert "http://" not in text and "https://" not in text  # no external assets
 
 
-def test_benchmarks_skip_modules_not_written_yet(monkeypatch):
+def test_a_benchmark_without_a_module_is_an_input_error(monkeypatch):
     import sodlab.bench as bench
 
-    monkeypatch.setattr(bench, "BENCHMARKS", ["not_written_yet_xyz"])
-    notes = []
-    out = run_benchmarks(quick=True, on_result=lambda n, r, note: notes.append((n, note)))
-    assert out["skipped"] == {"not_written_yet_xyz": "sodlab.bench.not_written_yet_xyz is not "
-                                                     "written yet"}
-    assert out["benchmarks"] == {} and "threads" in out["provenance"] and notes
-    with pytest.raises(InputError):
+    assert callable(bench.load_benchmark("eval_speed").run)
+    for name in ("no_such_bench_xyz", "page"):  # no module; a module without run
+        with pytest.raises(InputError, match="unknown benchmark"):
+            bench.load_benchmark(name)
+    with pytest.raises(InputError, match="no_such_bench_xyz"):
         run_benchmarks(quick=True, only=["no_such_bench_xyz"])
+    monkeypatch.setattr(bench, "BENCHMARKS", ["not_written_yet_xyz"])
+    with pytest.raises(InputError, match="not_written_yet_xyz"):
+        run_benchmarks(quick=True)
+
+
+def test_every_listed_benchmark_has_a_run():
+    import sodlab.bench as bench
+
+    for name in bench.BENCHMARKS:
+        assert callable(bench.load_benchmark(name).run), name
 
 
 def test_record_keeps_the_headline_and_checks_its_keys(tmp_path):

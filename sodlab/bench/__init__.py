@@ -10,8 +10,8 @@ Layer L4. Notebook 10 (benchmark report) and ``reports/index.html`` show what is
   verdicts (``sodlab.metrics.verdict``), for the notebooks' "the paper beside us" cells.
 - ``BENCHMARKS``: the plain, ordered list of benchmark modules ``sodlab.bench.<name>``,
   each exposing ``run(*, quick: bool, progress: bool) -> dict``.
-- ``run_benchmarks(quick=, only=, progress=)`` runs them one after another (a module not
-  written yet is skipped with a note) and returns one dict with provenance.
+- ``run_benchmarks(quick=, only=, progress=)`` runs them one after another and returns one
+  dict with provenance; a name without a module ``sodlab.bench.<name>`` is an ``InputError``.
 - ``notebooks.run_notebooks`` executes the notebooks with papermill; ``report`` writes the
   HTML index.
 
@@ -22,12 +22,13 @@ so notebooks can import ``record`` cheaply.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import time
 from pathlib import Path
 
-# Run in this order by ``sodlab bench``; a name whose module does not exist yet is skipped.
+# Run in this order by ``sodlab bench``.
 BENCHMARKS: list[str] = ["eval_speed", "train_speed", "sliding", "augment_speed", "recipe_speed",
                          "quality", "precision", "suite"]
 
@@ -101,15 +102,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sodlab.bench' has no attribute {name!r}")
 
 
-def load_benchmark(name: str):
-    """The module ``sodlab.bench.<name>``, or None if it does not exist (yet)."""
-    full = f"sodlab.bench.{name}"
+def _has_module(name: str) -> bool:
+    """True if a module ``sodlab.bench.<name>`` exists (found without importing it)."""
     try:
-        return importlib.import_module(full)
-    except ModuleNotFoundError as exc:
-        if exc.name == full:
-            return None
-        raise
+        return importlib.util.find_spec(f"sodlab.bench.{name}") is not None
+    except (ImportError, ValueError):  # a dotted name under a module, an empty name
+        return False
+
+
+def load_benchmark(name: str):
+    """The module ``sodlab.bench.<name>``; ``InputError`` if there is none or it has no ``run``."""
+    from sodlab.errors import InputError
+
+    module = importlib.import_module(f"sodlab.bench.{name}") if _has_module(name) else None
+    if module is None or not callable(getattr(module, "run", None)):
+        raise InputError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    return module
 
 
 def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
@@ -117,8 +125,9 @@ def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
                    options: dict | None = None) -> dict:
     """Run the benchmark modules in ``BENCHMARKS`` order (or the names in ``only``).
 
-    Returns ``{"benchmarks": {name: result dict}, "skipped": {name: reason},
-    "seconds": {name: s}, "provenance": {...}}``. ``on_result(name, result_or_None, note)``
+    Returns ``{"benchmarks": {name: result dict}, "skipped": {}, "failed": {name: error},
+    "seconds": {name: s}, "provenance": {...}}`` (``skipped`` stays empty; the page and the
+    index still read it from older files). ``on_result(name, result_or_None, note)``
     is called after each one (the CLI prints as it goes). A benchmark that raises is
     recorded under ``"failed"`` with its error and the others still run. ``data_root`` (a
     dataset root) goes to every benchmark whose ``run`` takes one; ``options`` maps a
@@ -127,7 +136,7 @@ def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
     from sodlab.errors import InputError
 
     names = list(BENCHMARKS) if not only else list(only)
-    unknown = [n for n in names if n not in BENCHMARKS and load_benchmark(n) is None]
+    unknown = [n for n in names if not _has_module(n)]
     if unknown:
         raise InputError(f"unknown benchmark(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(BENCHMARKS)}")
@@ -135,12 +144,6 @@ def run_benchmarks(*, quick: bool = True, only: list[str] | None = None,
     t_all = time.perf_counter()
     for name in names:
         module = load_benchmark(name)
-        if module is None or not hasattr(module, "run"):
-            note = f"sodlab.bench.{name} is not written yet"
-            out["skipped"][name] = note
-            if on_result:
-                on_result(name, None, note)
-            continue
         t0 = time.perf_counter()
         try:
             kw = {}

@@ -166,9 +166,4 @@ PAPER_VALUES: tuple[PaperValue, ...] = (
 )
 
 
-def changes_for(technique: str) -> list[PaperChange]:
-    """The paper claims about one technique of the suite."""
-    return [c for c in PAPER_CHANGES if c.technique == technique]
-
-
-__all__ = ["PaperChange", "PaperValue", "PAPER_CHANGES", "PAPER_VALUES", "changes_for"]
+__all__ = ["PaperChange", "PaperValue", "PAPER_CHANGES", "PAPER_VALUES"]

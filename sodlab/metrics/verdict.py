@@ -289,16 +289,8 @@ def paired_decide(diffs, samples, *, alpha: float = 0.05,
     seeds' standard deviation; ``tests/test_verdict_paired.py`` measures the rule's false
     direction rate and power on simulated runs.
     """
-    import numpy as np
-
     labels, vals, _ = _parse_seeds(diffs)
-    if isinstance(samples, Mapping):
-        vecs = [np.asarray(samples[k] if k in samples else samples[int(k)], dtype=float)
-                for k in (diffs if isinstance(diffs, Mapping) else range(len(vals)))]
-    else:
-        vecs = [np.asarray(v, dtype=float) for v in samples]
-    if len(vecs) != len(vals) or len({v.shape for v in vecs}) > 1:
-        raise InputError("paired_decide: one resample vector per seed, all of one length")
+    mat = _resample_matrix(diffs, samples, len(vals))        # [S, R]
 
     def out(word: str, reason: str, idiff=None, iseeds=None) -> Decision:
         return Decision(word, reason, labels, tuple(vals), None, None, None, idiff, iseeds)
@@ -309,29 +301,14 @@ def paired_decide(diffs, samples, *, alpha: float = 0.05,
     if missing:
         return out(UNCLEAR, f"seed {', '.join(missing)} has no value (an empty bucket or "
                             "not measured)")
-    mat = np.stack(vecs)                                   # [S, R]
-    mean_r = mat.mean(0)                                   # [R] mean over seeds
-    mean_r = mean_r[np.isfinite(mean_r)]
-    idiff = None
-    if mean_r.size:
-        lo, hi = np.quantile(mean_r, [alpha / 2, 1 - alpha / 2])
-        idiff = (float(lo), float(hi))
+    idiff, iseeds = _paired_interval(mat, alpha), _seeds_interval(vals, alpha)
     S = len(vals)
-    iseeds = None
-    if S >= 2:
-        m, sd = float(np.mean(vals)), float(np.std(vals, ddof=1))
-        half = _t_quantile(S - 1, 1 - alpha / 2) * sd / math.sqrt(S)
-        iseeds = (m - half, m + half)
+    sign = 1 if all(d > 0 for d in vals) else -1 if all(d < 0 for d in vals) else 0
     if S < min_seeds:
         return out(UNCLEAR, f"{S} seed{'s' if S != 1 else ''}: a direction needs at least "
                             f"{min_seeds}", idiff, iseeds)
-    if all(d > 0 for d in vals):
-        sign = 1
-    elif all(d < 0 for d in vals):
-        sign = -1
-    else:
+    if sign == 0:
         return out(UNCLEAR, "the seeds disagree in sign", idiff, iseeds)
-    word = UP if sign > 0 else DOWN
     if idiff is None:
         return out(UNCLEAR, "no resample has objects of this bucket", idiff, iseeds)
     if not (idiff[0] > 0 if sign > 0 else idiff[1] < 0):
@@ -340,8 +317,48 @@ def paired_decide(diffs, samples, *, alpha: float = 0.05,
     if not (iseeds[0] > 0 if sign > 0 else iseeds[1] < 0):
         return out(UNCLEAR, "the seeds spread more than the difference (their t-interval "
                             "includes zero)", idiff, iseeds)
-    return out(word, f"the paired interval excludes zero, all {S} seeds agree and their "
-                     "spread is small beside the difference", idiff, iseeds)
+    return out(UP if sign > 0 else DOWN, f"the paired interval excludes zero, all {S} seeds "
+               "agree and their spread is small beside the difference", idiff, iseeds)
+
+
+def _resample_matrix(diffs, samples, n_seeds: int):
+    """``[S, R]``: one seed's resample vector per row, in the order of ``diffs``."""
+    import numpy as np
+
+    if isinstance(samples, Mapping):
+        order = diffs if isinstance(diffs, Mapping) else range(n_seeds)
+        vecs = [np.asarray(samples[k] if k in samples else samples[int(k)], dtype=float)
+                for k in order]
+    else:
+        vecs = [np.asarray(v, dtype=float) for v in samples]
+    if len(vecs) != n_seeds or len({v.shape for v in vecs}) > 1:
+        raise InputError("paired_decide: one resample vector per seed, all of one length")
+    return np.stack(vecs) if vecs else np.zeros((0, 0))
+
+
+def _paired_interval(mat, alpha: float) -> tuple[float, float] | None:
+    """Percentile interval over the resamples of the mean over the seeds (NaN left out)."""
+    import numpy as np
+
+    if not mat.size:
+        return None
+    mean_r = mat.mean(0)                                      # [R]
+    mean_r = mean_r[np.isfinite(mean_r)]
+    if not mean_r.size:
+        return None
+    lo, hi = np.quantile(mean_r, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))
+
+
+def _seeds_interval(vals: list[float], alpha: float) -> tuple[float, float] | None:
+    """mean +- t(S-1) sd / sqrt(S) of the seeds' differences (None for one seed)."""
+    S = len(vals)
+    if S < 2:
+        return None
+    m = sum(vals) / S
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (S - 1))
+    half = _t_quantile(S - 1, 1 - alpha / 2) * sd / math.sqrt(S)
+    return (m - half, m + half)
 
 
 def paired_sentence(diffs, samples, *, metric: str = "the metric", a: str = "A",

@@ -211,10 +211,6 @@ def _split(boxes_per_image: Sequence[torch.Tensor], mask: torch.Tensor) -> list[
     return out
 
 
-def _nan() -> torch.Tensor:
-    return torch.tensor(math.nan)
-
-
 class PerceptualGANHead(RoIHead):
     """A RoI head whose ``enhancer`` is a ``Generator``, trained against a ``Discriminator``.
 
