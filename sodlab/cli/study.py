@@ -3,8 +3,10 @@
 Layer L4. ``sodlab study list``; ``sodlab study missing NAME [--full]``; ``sodlab study run
 NAME [--full] [--data ROOT] [--only TECH,...]`` gets a record for every technique and seed
 (training only what has none; a full-mode record lands in ``results/runs/`` as each model
-finishes) and prints both tables; ``sodlab study show NAME --full`` prints them from the
-records alone and fails if any is missing. ``--json OUT`` writes the study's result.
+finishes) and prints both tables; in full mode on the embedded data it also writes
+``results/studies/NAME.json`` (committed; notebooks show it). ``sodlab study show NAME
+--full`` prints them from the records alone and fails if any is missing. ``--json OUT``
+writes the study's result there instead.
 """
 
 from __future__ import annotations
@@ -83,4 +85,8 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
         print(comps.to_string(index=False) if len(comps) else "no comparison has both sides")
     if args.json:
         write_json(args.json, result)
+    elif mode == "full" and not only and args.data is None:
+        from sodlab.bench.study_view import save_study
+
+        print(f"wrote {save_study(result)}")
     return 0

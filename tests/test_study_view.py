@@ -1,0 +1,56 @@
+"""A study's result shown generically: tables, the paper beside a comparison, budgets side by side."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sodlab.bench.study_view import (
+    comparison_frame,
+    load_study,
+    save_study,
+    show_study,
+    side_by_side,
+)
+from sodlab.engine.experiment import Technique
+from sodlab.engine.study import Study, assemble
+
+STUDY = Study("fpn", "03_fpn", (Technique("baseline", "baseline"), Technique("fpn", "fpn")),
+              (("baseline", "fpn"),), metrics=("AP_small",))
+
+
+def _record(key: str, value: float, rng, shift: float) -> dict:
+    return {"key": key, "budget": {"images_seen": 3200}, "val_hash": "v",
+            "resamples": {"n": 50, "seed": 0}, "metrics": {"AP_small": value},
+            "samples": {"AP_small": list(value + shift + rng.normal(0, 0.01, 50))}}
+
+
+def _result(gain: float) -> dict:
+    rng = np.random.default_rng(0)
+    recs = {"baseline": {s: _record(f"b{s}", 0.1, rng, 0.0) for s in range(3)},
+            "fpn": {s: _record(f"f{s}", 0.1 + gain + 0.001 * s, rng, gain) for s in range(3)}}
+    return assemble(STUDY, recs, mode="full")
+
+
+def test_the_paper_sits_beside_its_comparison_and_the_verdict_is_the_paired_one():
+    frame = comparison_frame(_result(0.3))
+    row = frame.iloc[0]
+    assert row["verdict"] == "up" and row["B against A"] == "fpn vs baseline"
+    assert "13.2" in row["paper"] and row["vs paper"] == "direction reproduced"
+
+
+def test_side_by_side_flags_a_verdict_that_changes_with_the_budget():
+    out = side_by_side({"3,200 images": _result(0.0), "12,800 images": _result(0.3)})
+    assert list(out["verdict (12,800 images)"]) == ["up"]
+    assert list(out["changed with the budget"]) == ["yes"]
+
+
+def test_save_load_and_show(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    assert load_study("fpn") is None
+    show_study("fpn")
+    assert "no committed full-mode result" in capsys.readouterr().out
+    path = save_study(_result(0.3))
+    assert path == tmp_path / "fpn.json"
+    shown = show_study("fpn", metrics=("AP_small",))
+    out = capsys.readouterr().out
+    assert shown["study"] == "fpn" and "3 seeds" in out and "fpn against baseline" in out
