@@ -1,7 +1,8 @@
 """The benchmark page on a tiny fake suite result: files, links, CSV columns, regression marks.
 
-``fake_bench`` builds the result with the suite's own statistics (``suite.finish``) on
-hand-made detections, so no model trains; the browser test of ``bench.html`` uses it too.
+``fake_bench`` builds the result with the suite's own statistics (``suite.finish`` on
+records of hand-made detections), so no model trains; the browser test of ``bench.html``
+uses it too.
 """
 
 from __future__ import annotations
@@ -22,13 +23,25 @@ FAKE = {"baseline": (0.4, 0.25, 20.0), "image pyramid": (0.6, 0.2, 60.0),
         "fpn": (0.9, 0.05, 35.0)}
 
 
+def _with_diagnostics(rec: dict, gt: dict, dets: list[dict]) -> dict:
+    """The TIDE breakdown and PR curves a record of the embedded data would carry."""
+    from sodlab.metrics.coco import pr_curves
+    from sodlab.metrics.tide import error_breakdown
+
+    tide = error_breakdown(gt, dets)
+    curves = pr_curves(gt, dets)
+    rec["diagnostics"] = {"tide": {"counts": tide["counts"], "dAP": tide["dAP"]},
+                          "pr": {"iou": curves["iou"], "precision": curves["precision"]}}
+    return rec
+
+
 def fake_bench() -> dict:
     """A ``run_benchmarks`` dict with a two-seed suite result and another benchmark."""
     from sodlab.metrics import evaluate
     from sodlab.provenance import provenance
 
     gt = tiny_gt()
-    techs, first = {}, {}
+    techs, recs = {}, {}
     for name, (keep, jitter, ms) in FAKE.items():
         tech = suite.BY_NAME[name]
         entry = {"status": "ok", "kind": tech.kind, "notebook": tech.notebook,
@@ -37,12 +50,13 @@ def fake_bench() -> dict:
                  "notes": [], "vga_ms_1t": ms, "vga_ms_2t": ms * 0.6,
                  "vga_fps_1t": 1000 / ms, "train_images_per_s": 12.0,
                  "speed": {"peak_rss_train_mb": 900.0}}
+        recs[name] = {}
         for s in (0, 1):
             dets = noisy_dets(gt, keep=keep, jitter=jitter, seed=10 * s + len(name))
             entry["seeds"][str(s)] = {k: float(evaluate(gt, dets)[k]) for k in suite.KEYS}
             entry["train"][str(s)] = {"images_seen": 16, "seconds": 2.0, "cached": True}
-            if s == 0:
-                first[name] = dets
+            recs[name][s] = _with_diagnostics(suite.record_of_dets(gt, dets, name=name, seed=s),
+                                              gt, dets)
         entry["mean"] = {k: sum(m[k] for m in entry["seeds"].values()) / 2 for k in suite.KEYS}
         techs[name] = entry
     techs["copy-paste"] = {"status": "skipped", "kind": "recipe", "notebook": "02_augmentation",
@@ -50,7 +64,7 @@ def fake_bench() -> dict:
                                      "training annotation has a 'segmentation'"}
     techs["SNIP"] = {"status": "failed", "kind": "recipe", "notebook": "05_snip_sniper",
                      "error": "RuntimeError: broken on purpose"}
-    summary = suite.finish(techs, first, gt, ci_seed=0, n_boot=8)
+    summary = suite.finish(techs, recs)
     result = {"techniques": techs, "order": list(techs), **summary,
               "paper_values": suite.paper_value_rows(techs),
               "frontier": suite.pareto_frontier({n: (techs[n]["vga_ms_1t"],

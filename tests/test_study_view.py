@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from sodlab.bench.study_view import (
-    comparison_frame,
     load_study,
     save_study,
     show_study,
     side_by_side,
+    study_comparisons,
 )
 from sodlab.engine.experiment import Technique
 from sodlab.engine.study import Study, assemble
@@ -32,7 +32,7 @@ def _result(gain: float) -> dict:
 
 
 def test_the_paper_sits_beside_its_comparison_and_the_verdict_is_the_paired_one():
-    frame = comparison_frame(_result(0.3))
+    frame = study_comparisons(_result(0.3))
     row = frame.iloc[0]
     assert row["verdict"] == "up" and row["B against A"] == "fpn vs baseline"
     assert "13.2" in row["paper"] and row["vs paper"] == "direction reproduced"

@@ -57,7 +57,7 @@ def _paper_for(a: str, b: str, metric: str):
     return None
 
 
-def comparison_frame(result: Mapping, *, metrics: Sequence[str] | None = None):
+def study_comparisons(result: Mapping, *, metrics: Sequence[str] | None = None):
     """One row per comparison and metric: B - A, paired interval, seeds, verdict, paper."""
     import pandas as pd
 
@@ -81,7 +81,7 @@ def comparison_frame(result: Mapping, *, metrics: Sequence[str] | None = None):
     return pd.DataFrame(rows)
 
 
-def technique_frame(result: Mapping):
+def study_techniques(result: Mapping):
     """The techniques table of a study result (``sodlab.engine.study.tables``)."""
     from sodlab.engine.study import tables
 
@@ -127,13 +127,13 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     print(f"study {name}: {res['mode']} mode, {'/'.join(map(str, seeds))} seeds, "
           f"{', '.join(f'{s:,}' for s in seen)} images seen per model")
     with pd.option_context("display.max_rows", 500, "display.float_format", "{:.3f}".format):
-        display(technique_frame(res))
-        display(comparison_frame(res, metrics=metrics))
+        display(study_techniques(res))
+        display(study_comparisons(res, metrics=metrics))
     for c in res["comparisons"]:
         if c["metric"] == metrics[0]:
             print(c["sentence"])
     return dict(res)
 
 
-__all__ = ["studies_dir", "save_study", "load_study", "comparison_frame", "technique_frame",
+__all__ = ["studies_dir", "save_study", "load_study", "study_comparisons", "study_techniques",
            "side_by_side", "show_study"]

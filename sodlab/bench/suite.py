@@ -62,7 +62,7 @@ from sodlab.errors import InputError
 KEYS = ("AP", "AP50", "AP_tiny", "AP_small", "AP_medium", "AR_small", "R50_tiny", "R50_small")
 SHOWN = ("AP", "AP_tiny", "AP_small", "AP_medium", "R50_tiny")
 HN_KEY = "hn_fp_per_image"
-PR_BUCKETS = ("all", "tiny", "small", "medium", "large")
+UNCLEAR_TEXT = "no clear difference"
 SPEED_TOLERANCE = 0.25  # a latency "moved" when it left +-25 % of the reference's
 QUICK_SSDLITE_S = 30.0  # SSDlite's wall-clock cap in quick mode
 FULL_SSDLITE_S = 300.0  # its budget in full mode when fpn's training time is unknown
@@ -301,26 +301,6 @@ def missing_models(root: str | os.PathLike, *, quick: bool,
     return out
 
 
-def _load(tech: Row, root: Path, *, seed: int, quick: bool, progress: bool,
-          budget: Mapping | None, stage_budget: Mapping | None):
-    """(model, input_size, cat_ids, training summary) of a detector technique."""
-    from sodlab.engine import cached_train, load_detector
-    from sodlab.engine.stage_two import cached_stage_two, load_stage_two
-
-    if tech.stage_two is not None:
-        ckpt, summary = cached_stage_two(
-            tech.preset, root, tech.stage_two, seed=seed, quick=quick, progress=progress,
-            base_budget=_budget(tech.preset, quick=quick, budget=budget),
-            budget=dict(stage_budget) if stage_budget else None)
-        pred = load_stage_two(ckpt)
-    else:
-        ckpt, summary = cached_train(tech.preset, root, seed=seed, quick=quick,
-                                     progress=progress,
-                                     **train_kwargs(tech, root, quick=quick, budget=budget))
-        pred = load_detector(ckpt)
-    return pred.model.eval(), pred.input_size, pred.cat_ids, summary
-
-
 # ----------------------------------------------------------------------------- prediction
 def _row_predict_fn(tech: Row, model, input_size: int | None):
     """The row's test path (``sodlab.engine.experiment.predict_fn``; SSDlite its own)."""
@@ -343,26 +323,6 @@ def _row_predict_fn(tech: Row, model, input_size: int | None):
     return ssd
 
 
-def _predict_preloaded(fn, images: Sequence, image_ids: Sequence[int],
-                       cat_ids: Sequence[int], *, batch_size: int = 8, progress: bool = False,
-                       desc: str = "predict") -> tuple[list[dict], float]:
-    """COCO results of ``fn`` on images already in memory (every row predicts the same
-    ones), and the mean seconds per image."""
-    from tqdm.auto import tqdm
-
-    from sodlab.data.coco import to_coco_results
-
-    dets, seconds = [], 0.0
-    starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, disable=not progress, desc=desc, leave=False):
-        chunk = list(images[i:i + batch_size])
-        t0 = time.perf_counter()
-        outs = fn(chunk)
-        seconds += time.perf_counter() - t0
-        dets += to_coco_results(list(image_ids[i:i + batch_size]), outs, cat_ids=cat_ids)
-    return dets, seconds / max(len(images), 1)
-
-
 def vga_image(images: Sequence) -> "torch.Tensor":  # noqa: F821
     """The first validation image stretched to 640 x 480, ``[3, 480, 640]`` in [0, 1]."""
     from sodlab.tiling import resize_image
@@ -371,40 +331,6 @@ def vga_image(images: Sequence) -> "torch.Tensor":  # noqa: F821
 
 
 # ----------------------------------------------------------------------------- statistics
-def paired_bootstrap(gt, dets_by_name: Mapping[str, list], *, keys: Sequence[str] = KEYS,
-                     n: int = 200, seed: int = 0,
-                     progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """``{name: {key: [B] values}}`` over the SAME image resamples for every name.
-
-    The draws are ``bootstrap_ci``'s (``numpy.random.default_rng(seed)``, images with
-    replacement), so each name's percentile interval is the one ``bootstrap_ci`` gives;
-    a value of -1 (a resample without objects of a bucket) becomes NaN.
-    """
-    from tqdm.auto import tqdm
-
-    from sodlab.data.coco import annotations_by_image
-    from sodlab.metrics.bootstrap import resample
-    from sodlab.metrics.coco import evaluate_clean, load_dets, load_gt, paused_gc
-
-    g = load_gt(gt)
-    clean = {name: load_dets(d, g) for name, d in dets_by_name.items()}
-    g_by = annotations_by_image(g)
-    by_img = {name: (g_by, annotations_by_image(d)) for name, d in clean.items()}
-    rng = np.random.default_rng(seed)
-    n_img = len(g["images"])
-    out = {name: {k: np.full(int(n), np.nan) for k in keys} for name in clean}
-    for b in tqdm(range(int(n)), disable=not progress, desc="bootstrap", leave=False):
-        draw = rng.integers(0, n_img, size=n_img)
-        for name, d in clean.items():
-            with paused_gc():
-                rg, rd = resample(g, d, draw, by_img[name])
-                m = evaluate_clean(rg, rd)
-            for k in keys:
-                if m[k] > -1:
-                    out[name][k][b] = m[k]
-    return out
-
-
 def percentile(values: np.ndarray, *, alpha: float = 0.05) -> list[float]:
     """``[lo, hi]`` of the finite values (``[-1, -1]`` when there are none, as bootstrap_ci)."""
     v = np.asarray(values, dtype=float)
@@ -432,29 +358,33 @@ def pareto_frontier(points: Mapping[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda k: (ok[k][0], -ok[k][1]))
 
 
-def compare(a: Mapping, b: Mapping, key: str, *, samples: Mapping | None = None,
-            a_name: str = "A", b_name: str = "B") -> dict:
-    """B against A on ``key``: paired per-seed differences, their mean, the paired bootstrap
-    interval of the difference, and ``verdict`` of the pairs with A's and B's intervals."""
-    from sodlab.metrics.verdict import verdict, verdict_sentence
+def compare(ra: Mapping, rb: Mapping, key: str, *, a_name: str = "A",
+            b_name: str = "B") -> dict:
+    """B against A on ``key`` from their records per seed (``{seed: record}``): the per-seed
+    differences, their mean, the paired interval and the paired verdict
+    (``sodlab.metrics.verdict.paired_decide``)."""
+    from sodlab.engine.records import paired_samples
+    from sodlab.metrics.verdict import paired_decide, paired_sentence
 
-    seeds = [s for s in a.get("seeds", {}) if s in b.get("seeds", {})]
-    pairs = {s: (a["seeds"][s].get(key), b["seeds"][s].get(key)) for s in seeds}
-    pairs = {s: (math.nan if x is None else float(x), math.nan if y is None else float(y))
-             for s, (x, y) in pairs.items()}
-    diffs = [y - x for x, y in pairs.values() if x > -1 and y > -1 and
-             not (math.isnan(x) or math.isnan(y))]
-    ca, cb = (a.get("ci") or {}).get(key), (b.get("ci") or {}).get(key)
-    intervals = (ca, cb) if ca is not None and cb is not None else None
-    diff_ci = None
-    if samples is not None and a_name in samples and b_name in samples and \
-            key in samples[a_name] and key in samples[b_name]:
-        diff_ci = percentile(samples[b_name][key] - samples[a_name][key])
-        diff_ci = None if diff_ci == [-1.0, -1.0] else diff_ci
-    return {"key": key, "per_seed": {s: y - x for s, (x, y) in pairs.items()},
-            "delta": float(np.mean(diffs)) if diffs else None, "diff_ci": diff_ci,
-            "verdict": verdict(pairs, intervals),
-            "sentence": verdict_sentence(pairs, intervals, metric=key, a=a_name, b=b_name)}
+    seeds = sorted(set(ra) & set(rb), key=str)
+    lacking = [r["key"][:12] for r in (*ra.values(), *rb.values())
+               if key not in r.get("samples", {})]
+    if lacking:
+        return {"key": key, "per_seed": {}, "delta": None, "diff_ci": None,
+                "verdict": UNCLEAR_TEXT, "sentence": f"{b_name} against {a_name} on {key}: "
+                f"not compared (records {', '.join(lacking)} keep no resamples of it)."}
+    diffs, samples = {}, {}
+    for s in seeds:
+        va, vb = ra[s]["metrics"].get(key), rb[s]["metrics"].get(key)
+        ok = va is not None and vb is not None and va > -1 and vb > -1
+        diffs[str(s)] = (vb - va) if ok else math.nan
+        samples[str(s)] = paired_samples(ra[s], rb[s], key)
+    d = paired_decide(diffs, samples)
+    return {"key": key, "per_seed": diffs,
+            "delta": None if math.isnan(d.mean) else d.mean,
+            "diff_ci": None if d.interval_diff is None else list(d.interval_diff),
+            "verdict": d.verdict,
+            "sentence": paired_sentence(diffs, samples, metric=key, a=a_name, b=b_name)}
 
 
 def outcome(paper_direction: int, our_verdict: str) -> str:
@@ -469,7 +399,7 @@ def outcome(paper_direction: int, our_verdict: str) -> str:
     return "direction reproduced" if same else "not reproduced"
 
 
-def paper_rows(techs: Mapping[str, dict], samples: Mapping | None) -> list[dict]:
+def paper_rows(techs: Mapping[str, dict], recs: Mapping[str, Mapping]) -> list[dict]:
     """Every ``sodlab.bench.papers.PAPER_CHANGES`` row with our delta, interval and verdict."""
     from sodlab.bench.papers import PAPER_CHANGES
 
@@ -486,7 +416,7 @@ def paper_rows(techs: Mapping[str, dict], samples: Mapping | None) -> list[dict]
                 bad = a if ta.get("status") != "ok" else b
                 row["outcome"] = f"{bad} {(techs.get(bad) or {}).get('status', 'not run')}"
             else:
-                c = compare(ta, tb, key, samples=samples, a_name=a, b_name=b)
+                c = compare(recs[a], recs[b], key, a_name=a, b_name=b)
                 row.update(ours_delta=c["delta"], ours_ci=c["diff_ci"], verdict=c["verdict"],
                            sentence=c["sentence"])
                 row["outcome"] = outcome(change.direction, c["verdict"])
@@ -542,32 +472,44 @@ def regression(result: Mapping, reference: Mapping | None, *,
         if ref.get("status") != "ok":
             marks.update({k: "new" for k in SHOWN})
             continue
-        seed = str(ref.get("ci_seed", 0))
-        mine = (t.get("seeds") or {}).get(seed) or {}
-        for k in SHOWN:
-            v, ci = mine.get(k), (ref.get("ci") or {}).get(k)
-            if v is None or ci is None or list(ci) == [-1.0, -1.0]:
-                marks[k] = "new"
-                continue
-            out["checked"] += 1
-            moved = not (ci[0] <= v <= ci[1])
-            marks[k] = "moved" if moved else "held"
-            if moved:
-                out["moved"].append({"technique": name, "key": k, "value": v,
-                                     "reference": ((ref.get("seeds") or {}).get(seed) or {})
-                                     .get(k), "interval": list(ci)})
-        for k in ("vga_ms_1t", "vga_ms_2t"):
-            v, r = t.get(k), ref.get(k)
-            if not same_machine or v is None or not r:
-                marks[k] = "new"
-                continue
-            out["checked"] += 1
-            moved = abs(v - r) > tolerance * r
-            marks[k] = "moved" if moved else "held"
-            if moved:
-                out["moved"].append({"technique": name, "key": k, "value": v, "reference": r,
-                                     "interval": [r * (1 - tolerance), r * (1 + tolerance)]})
+        _accuracy_marks(out, name, t, ref, marks)
+        _latency_marks(out, name, t, ref, marks, same_machine=same_machine,
+                       tolerance=tolerance)
     return out
+
+
+def _accuracy_marks(out: dict, name: str, t: Mapping, ref: Mapping, marks: dict) -> None:
+    """Each shown metric of the reference's seed: inside its interval ("held") or not."""
+    seed = str(ref.get("ci_seed", 0))
+    mine = (t.get("seeds") or {}).get(seed) or {}
+    for k in SHOWN:
+        v, ci = mine.get(k), (ref.get("ci") or {}).get(k)
+        if v is None or ci is None or list(ci) == [-1.0, -1.0]:
+            marks[k] = "new"
+            continue
+        out["checked"] += 1
+        moved = not (ci[0] <= v <= ci[1])
+        marks[k] = "moved" if moved else "held"
+        if moved:
+            out["moved"].append({"technique": name, "key": k, "value": v,
+                                 "reference": ((ref.get("seeds") or {}).get(seed) or {})
+                                 .get(k), "interval": list(ci)})
+
+
+def _latency_marks(out: dict, name: str, t: Mapping, ref: Mapping, marks: dict, *,
+                   same_machine: bool, tolerance: float) -> None:
+    """VGA latencies within ``tolerance`` of the reference's, on the same CPU and threads."""
+    for k in ("vga_ms_1t", "vga_ms_2t"):
+        v, r = t.get(k), ref.get(k)
+        if not same_machine or v is None or not r:
+            marks[k] = "new"
+            continue
+        out["checked"] += 1
+        moved = abs(v - r) > tolerance * r
+        marks[k] = "moved" if moved else "held"
+        if moved:
+            out["moved"].append({"technique": name, "key": k, "value": v, "reference": r,
+                                 "interval": [r * (1 - tolerance), r * (1 + tolerance)]})
 
 
 # ----------------------------------------------------------------------------- speed
@@ -595,43 +537,61 @@ SPEED_KEYS = ("train_images_per_s", "train_images_per_s_fp32", "fast_precision",
 
 
 # ----------------------------------------------------------------------------- the run
-def finish(techs: dict[str, dict], first_dets: Mapping[str, list], gt, *, ci_seed: int = 0,
-           n_boot: int = 200, progress: bool = False) -> dict:
-    """The statistics over techniques, from each one's per-seed metrics and first-seed dets.
+def finish(techs: dict[str, dict], recs: Mapping[str, Mapping]) -> dict:
+    """The statistics over techniques, from each one's run records (``{name: {seed: rec}}``).
 
-    Adds ``ci_seed``, ``ci`` and ``errors`` (TIDE) to every ``"ok"`` entry of ``techs`` (in
+    Adds ``ci_seed``, ``ci`` (the first seed's 95 % interval over the resamples) and
+    ``errors`` (TIDE, from the first seed's record) to every ``"ok"`` entry of ``techs`` (in
     place) and returns ``{"comparisons", "papers", "pr_curves"}``: each technique against
-    its ``against``, the papers' rows, and the best model's precision-recall curves.
+    its ``against`` (the paired rule), the papers' rows, and the best model's
+    precision-recall curves.
     """
-    from sodlab.metrics.tide import error_breakdown
+    from sodlab.engine.records import samples_of
 
-    ok = [n for n, t in techs.items() if t.get("status") == "ok" and n in first_dets]
-    samples = paired_bootstrap(gt, {n: first_dets[n] for n in ok}, n=n_boot,
-                               progress=progress) if ok and n_boot else {}
+    ok = [n for n, t in techs.items() if t.get("status") == "ok" and recs.get(n)]
     for n in ok:
-        t = techs[n]
-        t["ci_seed"] = ci_seed
-        t["ci"] = {k: percentile(v) for k, v in samples.get(n, {}).items()}
-        try:
-            tide = error_breakdown(gt, first_dets[n])
-            t["errors"] = {"counts": tide["counts"], "dAP": tide["dAP"], "AP": tide["AP"]}
-        except Exception as exc:  # the table still stands without its error breakdown
-            t.setdefault("notes", []).append(f"error breakdown failed: "
-                                             f"{type(exc).__name__}: {exc}")
+        first = min(recs[n], key=str)
+        rec = recs[n][first]
+        techs[n]["ci_seed"] = int(first)
+        techs[n]["ci"] = {k: percentile(samples_of(rec, k)) for k in rec["samples"]}
+        tide = (rec.get("diagnostics") or {}).get("tide")
+        if tide:
+            techs[n]["errors"] = tide
     comparisons = {}
     for n in ok:
         a = techs[n].get("against")
         if a in ok:
-            comparisons[n] = {"against": a, **{k: compare(techs[a], techs[n], k,
-                                                          samples=samples, a_name=a, b_name=n)
-                                               for k in SHOWN}}
+            comparisons[n] = {"against": a, **{k: compare(recs[a], recs[n], k, a_name=a,
+                                                          b_name=n) for k in SHOWN}}
     best = max(ok, key=lambda n: (techs[n].get("mean") or {}).get("AP_small") or -1.0,
                default=None)
-    from sodlab.metrics.coco import pr_curves
-
-    curves = {"technique": best, **pr_curves(gt, first_dets[best])} if best else None
-    return {"comparisons": comparisons, "papers": paper_rows(techs, samples),
+    curves = None
+    if best:
+        pr = (recs[best][min(recs[best], key=str)].get("diagnostics") or {}).get("pr")
+        curves = {"technique": best, "iou": pr["iou"], "recall":
+                  [i / 100 for i in range(101)], "precision": pr["precision"]} if pr else None
+    return {"comparisons": comparisons, "papers": paper_rows(techs, recs),
             "pr_curves": curves}
+
+
+def record_of_dets(gt: dict, dets: list[dict], *, name: str, seed: int,
+                   split_dir: Path | None = None) -> dict:
+    """An in-memory record (never written) of detections that no Technique made (SSDlite).
+
+    The same fixed resamples as every record on this validation split, so it pairs with
+    them; ``split_dir`` lets it count false alarms on the embedded data's hard negatives.
+    """
+    from sodlab.engine.experiment import evaluation_extras
+    from sodlab.engine.records import make_record
+    from sodlab.metrics.coco import load_dets, load_gt
+
+    g = load_gt(gt)
+    d = load_dets(dets, g)
+    per_image, diagnostics = evaluation_extras(split_dir, g, d) if split_dir else ({}, {})
+    return make_record(key=f"{name}-seed{seed}", technique={"name": name},
+                       budget={"max_steps": 0, "batch_size": 1}, seed=seed, mode="run",
+                       data_hash="", gt=g, dets=d, provenance={}, per_image=per_image,
+                       diagnostics=diagnostics)
 
 
 def _ssdlite_seconds(quick: bool, fpn: dict | None, given: float | None) -> float:
@@ -647,31 +607,172 @@ def _ssdlite_seconds(quick: bool, fpn: dict | None, given: float | None) -> floa
     return min(secs, QUICK_SSDLITE_S) if quick else secs
 
 
+def _technique_runs(tech: Row, root: Path, entry: dict, *, seeds: Sequence[int], mode: str,
+                    budget: Mapping | None, stage_budget: Mapping | None,
+                    progress: bool) -> dict:
+    """``{seed: record}`` of a detector row (trained only where it has no record)."""
+    from sodlab.engine.experiment import run_technique
+
+    recs = {}
+    for s in seeds:
+        rec = run_technique(tech.technique, root, seed=s, mode=mode, budget=budget,
+                            stage_budget=stage_budget, progress=progress)
+        entry["train"][str(s)] = {"images_seen": rec["budget"]["images_seen"],
+                                  "seconds": rec.get("train_seconds"),
+                                  "cached": rec.get("from_record", False), "key": rec["key"]}
+        entry["seeds"][str(s)] = _seed_row(rec)
+        recs[s] = rec
+    return recs
+
+
+def _seed_row(rec: Mapping) -> dict:
+    row = {k: float(rec["metrics"][k]) for k in KEYS}
+    if rec.get("test_seconds_per_image") is not None:
+        row["val_ms_per_image"] = 1000.0 * rec["test_seconds_per_image"]
+    if rec["metrics"].get(HN_KEY) is not None:
+        row[HN_KEY] = float(rec["metrics"][HN_KEY])
+    return row
+
+
+def _ssdlite_runs(root: Path, entry: dict, gt: dict, *, seeds: Sequence[int], secs: float,
+                  progress: bool) -> tuple[dict, object]:
+    """``{seed: record}`` of SSDlite trained in the run, and the first seed's model."""
+    from sodlab.bench.train_speed import evaluate_ssdlite, train_ssdlite
+    from sodlab.data.dataset import DetectionDataset
+
+    cat_ids = DetectionDataset(root / "train").cat_ids  # its labels' ids
+    recs, first = {}, None
+    for s in seeds:
+        model, stats = train_ssdlite(root, max_seconds=secs, seed=s, progress=progress)
+        entry["train"][str(s)] = {**stats, "cached": False, "budget_s": secs}
+        fn = _row_predict_fn(BY_NAME["SSDlite"], model, None)
+        t0 = time.perf_counter()
+        dets = _predict_split(fn, root / "val", cat_ids, progress=progress)
+        rec = record_of_dets(gt, dets, name="SSDlite", seed=s, split_dir=root / "val")
+        rec["test_seconds_per_image"] = (time.perf_counter() - t0) / max(len(gt["images"]), 1)
+        entry["seeds"][str(s)] = _seed_row(rec)
+        recs[s] = rec
+        if first is None:  # the train_speed path, as a cross-check
+            first = model
+            entry["evaluate_ssdlite_AP"] = float(evaluate_ssdlite(model, root / "val")["AP"])
+    return recs, first
+
+
+def _predict_split(fn, split_dir: Path, cat_ids, *, progress: bool) -> list[dict]:
+    from sodlab.engine.experiment import predict_split_with
+
+    return predict_split_with(fn, split_dir, cat_ids, progress=progress)[0]
+
+
+def _latency(tech: Row, entry: dict, rec: Mapping | None, model, vga, *, repeats: int) -> None:
+    """VGA latency on 1 and 2 threads of the row's own test path, with trained weights.
+
+    A detector row loads its checkpoint from the run cache; a record from another machine
+    without one gets a note instead (latency belongs to this CPU anyway).
+    """
+    from sodlab.bench.train_speed import vga_latency_ms
+
+    if model is None:
+        from sodlab.engine.cache import cached_path
+        from sodlab.engine.predict import load_detector
+        from sodlab.engine.stage_two import load_stage_two
+
+        run_dir = cached_path(rec["key"]) if rec else None
+        if run_dir is None:
+            entry["notes"].append("no trained checkpoint on this machine: latency not measured")
+            return
+        pred = (load_stage_two if tech.stage_two else load_detector)(run_dir / "best.pt")
+        model, size = pred.model.eval(), pred.input_size
+    else:
+        size = None
+    fn = _row_predict_fn(tech, model, size)
+    lat = {t: vga_latency_ms(lambda x, fn=fn: fn([x]), vga, threads=t, repeats=repeats)
+           for t in (1, 2)}
+    entry.update(vga_ms_1t=lat[1], vga_ms_2t=lat[2], vga_fps_1t=1000.0 / lat[1])
+
+
+def _row(tech: Row, root: Path, gt: dict, facts: Mapping, vga, techs: dict, *, quick: bool,
+         seeds: Sequence[int], budget, stage_budget, ssdlite_seconds, repeats: int,
+         progress: bool) -> tuple[dict, dict]:
+    """One row's entry and records (``status`` skipped or failed with the reason)."""
+    entry = {"status": "ok", **{k: v for k, v in asdict(tech).items() if k != "name"},
+             "seeds": {}, "train": {}, "notes": []}
+    recs: dict = {}
+    try:
+        size = input_size_of(tech.preset, root, quick=quick, budget=budget) \
+            if tech.preset else None
+        why = skip_reason(tech, facts, input_size=size, root=root)
+        if why:
+            entry.update(status="skipped", reason=why)
+            return entry, recs
+        entry["input_size"] = size if size is not None else 320
+        model = None
+        if tech.test == "ssdlite":
+            secs = _ssdlite_seconds(quick, techs.get("fpn"), ssdlite_seconds)
+            recs, model = _ssdlite_runs(root, entry, gt, seeds=seeds, secs=secs,
+                                        progress=progress)
+        else:
+            recs = _technique_runs(tech, root, entry, seeds=seeds,
+                                   mode="quick" if quick else "full", budget=budget,
+                                   stage_budget=stage_budget, progress=progress)
+        first = recs[seeds[0]]
+        _latency(tech, entry, first, model, vga, repeats=repeats)
+        tr = entry["train"][str(seeds[0])]
+        if (tech.test == "ssdlite" or tech.stage_two is not None) and tr.get("seconds") \
+                and tr.get("images_seen"):
+            entry["train_images_per_s"] = tr["images_seen"] / tr["seconds"]
+        entry["mean"] = {k: _mean([r[k] for r in entry["seeds"].values() if k in r])
+                         for k in (*KEYS, HN_KEY, "val_ms_per_image")
+                         if any(k in r for r in entry["seeds"].values())}
+    except Exception as exc:  # one broken technique must not hide the others
+        entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        recs = {}
+    return entry, recs
+
+
+def _speeds(techs: dict, ok: list[str], root: Path, *, quick: bool, seed: int,
+            progress: bool) -> dict:
+    """Per preset, ``measure_preset`` in a subprocess; copied into the rows that train it."""
+    from tqdm.auto import tqdm
+
+    kw = (dict(steps=2, warmup=1, repeats=2, batch_size=4) if quick else
+          dict(steps=10, warmup=2, repeats=10, batch_size=8))
+    presets = sorted({BY_NAME[n].preset for n in ok if BY_NAME[n].preset})
+    speeds = {p: preset_speed(p, root, seed=seed, **kw)
+              for p in tqdm(presets, disable=not progress, desc="speed")}
+    for n in ok:
+        if BY_NAME[n].stage_two is not None:
+            continue  # its training is the head's on a frozen base, not the preset's
+        sp = speeds.get(BY_NAME[n].preset) or {}
+        if "error" in sp:
+            techs[n]["notes"].append(f"measure_preset failed: {sp['error']}")
+        elif sp:
+            techs[n]["speed"] = {k: sp.get(k) for k in SPEED_KEYS}
+            techs[n].setdefault("train_images_per_s", sp.get("train_images_per_s"))
+    return speeds
+
+
 def run(*, quick: bool = True, progress: bool = False,
         data_root: str | os.PathLike | None = None,
         techniques: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
         budget: Mapping | None = None, stage_budget: Mapping | None = None,
-        n_boot: int | None = None, speed: bool = True, repeats: int | None = None,
-        ssdlite_seconds: float | None = None, max_val_images: int | None = None) -> dict:
-    """Train (or take from the run cache), evaluate and time every technique; one dict.
+        speed: bool = True, repeats: int | None = None,
+        ssdlite_seconds: float | None = None) -> dict:
+    """Every technique from its run records (trained only where missing), compared; one dict.
 
     ``techniques``: names from ``NAMES`` (default: all). ``budget``: ``{"max_steps",
-    "batch_size", "overrides"}`` for every preset instead of ``standard_budget`` (tests use a
-    tiny one); ``stage_budget`` the same for second stages. ``n_boot``: bootstrap resamples
-    (quick 20, full 200). ``speed``: per-preset ``measure_preset`` subprocesses (quick:
-    2 timed steps). ``repeats``: VGA latency repeats (quick 3, full 10).
-    ``ssdlite_seconds``: SSDlite's wall-clock budget (default: what fpn's training took,
-    at most 30 s in quick mode). ``max_val_images``: evaluate on the first N val images.
+    "batch_size", "overrides"}`` for every preset instead of the mode's (tests use a tiny
+    one); ``stage_budget`` the same for second stages. With every record present (full mode:
+    ``results/runs/``) nothing trains: the statistics come from the records' fixed
+    resamples. ``speed``: per-preset ``measure_preset`` subprocesses. ``repeats``: VGA
+    latency repeats (quick 3, full 10), measured where the trained checkpoint is in this
+    machine's run cache. ``ssdlite_seconds``: SSDlite's wall-clock budget (default: what
+    fpn's training took, at most 30 s in quick mode); SSDlite trains in the run every time.
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from sodlab.bench.train_speed import evaluate_ssdlite, train_ssdlite, vga_latency_ms
-    from sodlab.data.coco import dataset_hash
+    from sodlab.data.coco import load_coco
     from sodlab.data.dataset import DetectionDataset
-    from sodlab.metrics import evaluate
-    from sodlab.metrics.hard_negatives import hard_negative_fp
-    from sodlab.provenance import provenance
 
     t_start = time.perf_counter()
     if data_root is None:
@@ -681,107 +782,42 @@ def run(*, quick: bool = True, progress: bool = False,
     root = Path(data_root)
     chosen = select(techniques)
     seeds = [int(s) for s in seeds] if seeds is not None else ([0] if quick else [0, 1, 2])
-    n_boot = int(n_boot) if n_boot is not None else (20 if quick else 200)
     repeats = int(repeats) if repeats is not None else (3 if quick else 10)
     facts = data_facts(root, progress=progress)
-    regions = facts.pop("hard_negative_regions")
-
+    facts.pop("hard_negative_regions")
+    gt = load_coco(root / "val")
     val = DetectionDataset(root / "val")
-    n_val = len(val) if max_val_images is None else min(len(val), int(max_val_images))
-    images = [val[i][0] for i in range(n_val)]  # [3, H, W] each
-    image_ids = [int(im["id"]) for im in val.images[:n_val]]
-    keep = set(image_ids)
-    gt = dict(val.coco, images=[im for im in val.coco["images"] if int(im["id"]) in keep],
-              annotations=[a for a in val.coco["annotations"] if int(a["image_id"]) in keep])
-    vga = vga_image(images)
-
+    vga = vga_image([val[0][0]])
     techs: dict[str, dict] = {}
-    first_dets: dict[str, list] = {}
+    recs: dict[str, dict] = {}
     bar = tqdm(chosen, disable=not progress, desc="techniques")
     for tech in bar:
         bar.set_postfix_str(tech.name)
-        entry = {"status": "ok", **{k: v for k, v in asdict(tech).items() if k != "name"},
-                 "seeds": {}, "train": {}, "notes": []}
-        techs[tech.name] = entry
-        try:
-            size = input_size_of(tech.preset, root, quick=quick, budget=budget) \
-                if tech.preset else None
-            why = skip_reason(tech, facts, input_size=size, root=root)
-            if why:
-                entry.update(status="skipped", reason=why)
-                continue
-            entry["input_size"] = size if size is not None else 320
-            for s in seeds:
-                if tech.test == "ssdlite":
-                    secs = _ssdlite_seconds(quick, techs.get("fpn"), ssdlite_seconds)
-                    model, stats = train_ssdlite(root, max_seconds=secs, seed=s,
-                                                 progress=progress)
-                    cat_ids = DetectionDataset(root / "train").cat_ids  # its labels' ids
-                    entry["train"][str(s)] = {**stats, "cached": False, "budget_s": secs}
-                    if s == seeds[0]:  # the train_speed path, as a cross-check
-                        entry["evaluate_ssdlite_AP"] = float(
-                            evaluate_ssdlite(model, root / "val")["AP"]) \
-                            if max_val_images is None else None
-                else:
-                    model, size, cat_ids, summary = _load(
-                        tech, root, seed=s, quick=quick, progress=progress, budget=budget,
-                        stage_budget=stage_budget)
-                    entry["train"][str(s)] = {
-                        "images_seen": summary.get("images_seen"),
-                        "seconds": summary.get("seconds"), "cached": summary.get("cached"),
-                        "key": summary.get("key")}
-                fn = _row_predict_fn(tech, model, size)
-                dets, sec = _predict_preloaded(fn, images, image_ids, cat_ids,
-                                               progress=progress, desc=tech.name)
-                m = evaluate(gt, dets)
-                row = {k: float(m[k]) for k in KEYS}
-                row["val_ms_per_image"] = 1000.0 * sec
-                if regions is not None:
-                    row[HN_KEY] = float(hard_negative_fp(gt, dets, regions)["fp_per_image"])
-                entry["seeds"][str(s)] = row
-                if s == seeds[0]:
-                    first_dets[tech.name] = dets
-                    lat = {t: vga_latency_ms(lambda x, fn=fn: fn([x]), vga, threads=t,
-                                             repeats=repeats) for t in (1, 2)}
-                    entry.update(vga_ms_1t=lat[1], vga_ms_2t=lat[2],
-                                 vga_fps_1t=1000.0 / lat[1])
-                    tr = entry["train"][str(s)]
-                    if tech.test == "ssdlite" or tech.stage_two is not None:
-                        # its own training run (a stage two: recorded when it trained)
-                        if tr.get("images_seen") and tr.get("seconds"):
-                            entry["train_images_per_s"] = tr["images_seen"] / tr["seconds"]
-                del model
-            entry["mean"] = {k: _mean([r[k] for r in entry["seeds"].values() if k in r])
-                             for k in (*KEYS, HN_KEY, "val_ms_per_image")
-                             if any(k in r for r in entry["seeds"].values())}
-        except Exception as exc:  # one broken technique must not hide the others
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            first_dets.pop(tech.name, None)
+        techs[tech.name], recs[tech.name] = _row(
+            tech, root, gt, facts, vga, techs, quick=quick, seeds=seeds, budget=budget,
+            stage_budget=stage_budget, ssdlite_seconds=ssdlite_seconds, repeats=repeats,
+            progress=progress)
     bar.close()
+    ok = [n for n, t in techs.items() if t["status"] == "ok"]
+    summary = finish(techs, recs)
+    speeds = _speeds(techs, ok, root, quick=quick, seed=seeds[0], progress=progress) \
+        if speed else {}
+    return _result(techs, summary, chosen, speeds, facts, root, gt, quick=quick, seeds=seeds,
+                   budget=budget, stage_budget=stage_budget, repeats=repeats, recs=recs,
+                   seconds=time.perf_counter() - t_start)
+
+
+def _result(techs: dict, summary: dict, chosen: Sequence[Row], speeds: dict, facts: Mapping,
+            root: Path, gt: dict, *, quick: bool, seeds: Sequence[int], budget, stage_budget,
+            repeats: int, recs: Mapping, seconds: float) -> dict:
+    """The suite's result dict (the page and notebook 10 read it)."""
+    import torch
+
+    from sodlab.data.coco import dataset_hash
+    from sodlab.engine.stage_two import stage_two_budget
+    from sodlab.provenance import provenance
 
     ok = [n for n, t in techs.items() if t["status"] == "ok"]
-    summary = finish(techs, first_dets, gt, ci_seed=seeds[0], n_boot=n_boot,
-                     progress=progress)
-    presets = sorted({BY_NAME[n].preset for n in ok if BY_NAME[n].preset})
-    speeds = {}
-    if speed:
-        kw = (dict(steps=2, warmup=1, repeats=2, batch_size=4) if quick else
-              dict(steps=10, warmup=2, repeats=10, batch_size=8))
-        for p in tqdm(presets, disable=not progress, desc="speed"):
-            speeds[p] = preset_speed(p, root, seed=seeds[0], **kw)
-        for n in ok:
-            if BY_NAME[n].stage_two is not None:
-                continue  # its training is the head's on a frozen base, not the preset's
-            sp = speeds.get(BY_NAME[n].preset) or {}
-            if "error" in sp:
-                techs[n]["notes"].append(f"measure_preset failed: {sp['error']}")
-            elif sp:
-                techs[n]["speed"] = {k: sp.get(k) for k in SPEED_KEYS}
-                techs[n].setdefault("train_images_per_s", sp.get("train_images_per_s"))
-
-    first_budget = _budget("fpn", quick=quick, budget=budget)
-    from sodlab.engine.stage_two import stage_two_budget
-
     return {
         "techniques": techs, "order": [t.name for t in chosen], **summary,
         "paper_values": paper_value_rows(techs),
@@ -790,16 +826,23 @@ def run(*, quick: bool = True, progress: bool = False,
                                      for n in ok}),
         "skipped": {n: t["reason"] for n, t in techs.items() if t["status"] == "skipped"},
         "failed": {n: t["error"] for n, t in techs.items() if t["status"] == "failed"},
-        "data": {**facts, "root": str(root), "hash": dataset_hash(root), "val_images": n_val,
-                 "notes": data_notes(facts, chosen)},
-        "budget": {**first_budget, "budget_given": budget is not None,
+        "data": {**facts, "root": str(root), "hash": dataset_hash(root),
+                 "val_images": len(gt["images"]), "notes": data_notes(facts, chosen)},
+        "budget": {**_budget("fpn", quick=quick, budget=budget),
+                   "budget_given": budget is not None,
                    "stage_two": dict(stage_budget or stage_two_budget(quick=quick)),
-                   "seeds": seeds, "n_boot": n_boot, "vga_repeats": repeats},
+                   "seeds": list(seeds), "n_boot": _n_resamples(recs), "vga_repeats": repeats},
         "speed": speeds,
         "provenance": provenance(seed=seeds[0], data_hash=dataset_hash(root), quick=quick,
-                                 seconds=time.perf_counter() - t_start,
-                                 torch_threads=torch.get_num_threads()),
+                                 seconds=seconds, torch_threads=torch.get_num_threads()),
     }
+
+
+def _n_resamples(recs: Mapping) -> int | None:
+    for by_seed in recs.values():
+        for rec in by_seed.values():
+            return int(rec["resamples"]["n"])
+    return None
 
 
 def _mean(values: list) -> float | None:
@@ -808,6 +851,6 @@ def _mean(values: list) -> float | None:
 
 
 __all__ = ["Row", "TECHNIQUES", "NAMES", "KEYS", "SHOWN", "run", "select", "data_facts",
-           "skip_reason", "is_cached", "missing_models", "paired_bootstrap",
+           "skip_reason", "is_cached", "missing_models", "record_of_dets",
            "percentile", "pareto_frontier", "compare", "outcome", "paper_rows",
            "finish", "regression", "preset_speed"]

@@ -15,7 +15,7 @@ from sodlab import __version__
 from sodlab.errors import InputError
 
 # Each module defines register(subparsers) and sets a ``func(args) -> int`` default.
-_COMMANDS = ("data", "eval", "train", "detect", "notebooks", "bench", "study", "anchors")
+_COMMANDS = ("data", "eval", "train", "detect", "notebooks", "bench", "study", "anchors", "cache")
 
 
 def add_mode_arguments(parser: argparse.ArgumentParser, *, quick_help: str,

@@ -14,8 +14,13 @@ Used by the dataset (``DetectionDataset(transforms=...)``) and taught in noteboo
 chosen anchor no larger than one step above the face's own, then crops a square training
 input around that face, so small faces become more frequent in training.
 
+``RandomSlice`` is SAHI's slicing for training (Akyon et al. 2022, "Slicing aided hyper
+inference and fine-tuning for small object detection"): the training image becomes one tile
+cut at the original resolution, so small objects reach the network larger than a resize of
+the whole image would leave them. ``sodlab.slicing`` is its inference-time counterpart.
+
 Dimension legend: N objects, H x W image height and width (H' x W' after resizing),
-S the square crop's side.
+S the square crop's side, h x w a tile's height and width.
 """
 
 from __future__ import annotations
@@ -322,3 +327,94 @@ def _sample(x: torch.Tensor, x0: float, y0: float, sx: float, sy: float, S: int,
     grid = torch.stack([gx, gy], -1)[None].to(x.dtype)  # [1, S, S, 2]
     return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros",
                          align_corners=False)[0]  # [C, S, S]
+
+
+class RandomSlice:
+    """SAHI's slicing for training: with probability ``p`` the image becomes one random tile.
+
+    Fine-tuning on slices (Akyon et al. 2022, "Slicing aided hyper inference and fine-tuning
+    for small object detection"). Unlike ``sodlab.slicing``'s sliced inference, which covers
+    the image with a fixed grid of overlapping tiles and merges their detections, training
+    cuts one ``tile x tile`` window per item at a random position, at the original
+    resolution (no down-scaling): a small object keeps its pixels instead of shrinking with a
+    resize of the whole image. The chain's ``ResizeLongest`` then brings the tile to the
+    input size (a tile of the input size is left alone). An image narrower or lower than
+    the tile keeps its whole extent along that side (a smaller image is used whole).
+
+    Draws from ``g``: nothing when ``p == 0`` (the item is then exactly what the chain gives
+    without this transform); otherwise one ``torch.rand`` (a tile when it is below ``p``),
+    then, for a tile, ``x0`` and ``y0`` in that order, each ``torch.randint`` over the
+    whole-pixel starts ``0 .. W - w`` and ``0 .. H - h``.
+
+    Objects: boxes are shifted and clipped to the tile; the visible share of a box is its
+    clipped area over its own area (1 for a box of no area lying in the tile). A box with a
+    share ``>= min_visible`` keeps its label; one below it but partly visible (clipped area
+    > 0) is kept as ``iscrowd`` (ignored in training: a cut face is neither a face nor
+    background); the others are dropped. Objects already ``iscrowd`` stay so. ``area``
+    (the data contract's COCO area) is multiplied by the visible share; masks are cut
+    like the image; context boxes (``head_boxes``, ...) are shifted, not clipped.
+    """
+
+    def __init__(self, tile: int, *, p: float = 0.5, min_visible: float = 0.5) -> None:
+        if int(tile) != tile or tile < 1:
+            raise ValueError(f"tile must be an integer >= 1, got {tile}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if not 0.0 < min_visible <= 1.0:
+            raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
+        self.tile, self.p, self.min_visible = int(tile), float(p), float(min_visible)
+
+    def __repr__(self) -> str:
+        return f"RandomSlice({self.tile}, p={self.p}, min_visible={self.min_visible})"
+
+    def draw(self, height: int, width: int, g: torch.Generator) -> tuple[int, int, int, int] | None:
+        """The tile ``(x0, y0, x1, y1)`` in whole pixels, or None for the full image."""
+        if self.p <= 0.0 or float(torch.rand((), generator=g)) >= self.p:
+            return None
+        w, h = min(self.tile, width), min(self.tile, height)
+        x0 = int(torch.randint(width - w + 1, (1,), generator=g))
+        y0 = int(torch.randint(height - h + 1, (1,), generator=g))
+        return x0, y0, x0 + w, y0 + h
+
+    def __call__(self, image: torch.Tensor, target: dict, g: torch.Generator):
+        _, H, W = image.shape
+        window = self.draw(H, W, g)
+        if window is None or window == (0, 0, W, H):
+            return image, target
+        x0, y0, x1, y1 = window
+        out = image[:, y0:y1, x0:x1].contiguous()  # [3, h, w]
+        return out, self.cut_target(target, window)
+
+    def cut_target(self, target: dict, window: tuple[int, int, int, int]) -> dict:
+        """``target`` seen through the tile ``window`` (x0, y0, x1, y1): the object rule above."""
+        x0, y0, x1, y1 = window
+        boxes = target["boxes"]  # [N, 4]
+        n = len(boxes)
+        b = boxes.double()
+        shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
+        clipped = b - shift  # [N, 4] tile pixels
+        clipped[:, 0::2] = clipped[:, 0::2].clamp(0, x1 - x0)
+        clipped[:, 1::2] = clipped[:, 1::2].clamp(0, y1 - y0)
+        full = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)  # [N]
+        part = ((clipped[:, 2] - clipped[:, 0]).clamp(min=0)
+                * (clipped[:, 3] - clipped[:, 1]).clamp(min=0))  # [N]
+        inside = (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)  # [N]
+        share = torch.where(full > 0, part / full.clamp(min=1e-300), inside.double())  # [N]
+        seen = share >= self.min_visible  # [N]
+        keep = seen | (part > 0)  # [N]
+        per_object = _per_object_keys(target, n)
+        out = {k: v for k, v in target.items() if k not in per_object}
+        for k in per_object:
+            out[k] = target[k][keep]
+        out["boxes"] = clipped[keep].to(boxes.dtype)
+        crowd = target.get("iscrowd", torch.zeros(n, dtype=torch.bool)).bool()
+        out["iscrowd"] = (crowd | ~seen)[keep]
+        if "area" in target:
+            area = target["area"]
+            out["area"] = (area.double() * share)[keep].to(area.dtype)
+        for k in _box_keys(target):
+            if k != "boxes":
+                out[k] = (target[k] - shift.to(target[k]))[keep]
+        if "masks" in target:
+            out["masks"] = target["masks"][keep][:, y0:y1, x0:x1].contiguous()  # [N', h, w]
+        return out

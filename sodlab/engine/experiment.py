@@ -59,6 +59,7 @@ RECIPES: dict[str, Callable[[int], dict]] = {
     "mst": _snip("mst"),
     "snip": _snip("snip"),
     "sniper": _snip("sniper"),
+    "sliced training": lambda size: {"slice": {"p": 0.5, "tile": size, "min_visible": 0.5}},
 }
 
 

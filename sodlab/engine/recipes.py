@@ -17,6 +17,12 @@ Layer L4. A recipe is part of a run's cache key, so it must be plain JSON. Keys 
   ``input_size`` crop is cut around it. The anchor sizes are the detector's own (the
   preset's paper sizes x ``anchor_scale``), given to ``build_transforms`` by the engine;
   not with ``snip``/``sniper`` (they rescale themselves too).
+- ``"slice": {"p": 0.5, "tile": null, "min_visible": 0.5}`` — SAHI's slicing for training
+  (Akyon et al. 2022; ``sodlab.data.transforms.RandomSlice``): with probability ``p`` the
+  image becomes one ``tile`` px square tile (null: the input size) cut at a random position
+  at the original resolution, before the usual ``ResizeLongest``; a box less than
+  ``min_visible`` visible in it becomes ``iscrowd`` (ignored). The training-time side of
+  ``sodlab.slicing``'s sliced inference; not with ``das``/``snip``/``sniper``.
 
 Taught in notebooks 02_augmentation, 05_snip_sniper and 08_pyramidbox.
 """
@@ -27,8 +33,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-RECIPE_KEYS = ("oversample", "oversample_area", "copy_paste", "snip", "sniper", "flip", "das")
+RECIPE_KEYS = ("oversample", "oversample_area", "copy_paste", "snip", "sniper", "flip", "das",
+               "slice")
 DAS_KEYS = ("p", "max_index")
+SLICE_KEYS = ("p", "tile", "min_visible")
+MIN_TILE = 16
 GROUPS = ("batch", "image")
 
 
@@ -63,6 +72,54 @@ def _das(spec, *, anchor_sizes, input_size: int):
         raise InputError(f"recipe das: {exc}") from None
 
 
+def _number(spec: dict, key: str, default, ok, want: str) -> float:
+    from sodlab.errors import InputError
+
+    v = spec.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+        raise InputError(f"recipe slice.{key}: expected {want}, got {v!r}")
+    return v
+
+
+def _slice(spec, *, input_size: int):
+    """SAHI's slicing for training (``RandomSlice``) from the recipe's ``slice`` object."""
+    from sodlab.data.transforms import RandomSlice
+    from sodlab.errors import InputError
+
+    if not isinstance(spec, dict):
+        raise InputError(f"recipe slice: expected an object like {{\"p\": 0.5}}, got {spec!r}")
+    unknown = set(spec) - set(SLICE_KEYS)
+    if unknown:
+        raise InputError(f"recipe slice: unknown keys {sorted(unknown)}; "
+                         f"valid: {list(SLICE_KEYS)}")
+    p = _number(spec, "p", 0.5, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    mv = _number(spec, "min_visible", 0.5, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    tile = spec.get("tile")
+    if tile is not None:
+        tile = _number(spec, "tile", None, lambda v: float(v).is_integer() and v >= MIN_TILE,
+                       f"an integer >= {MIN_TILE} (pixels) or null")
+    return RandomSlice(int(input_size if tile is None else tile), p=float(p),
+                       min_visible=float(mv))
+
+
+def _check_keys(recipe: dict) -> None:
+    """InputError for unknown keys and for keys that cannot go together."""
+    from sodlab.errors import InputError
+
+    unknown = set(recipe) - set(RECIPE_KEYS)
+    if unknown:
+        raise InputError(f"unknown recipe keys {sorted(unknown)}; valid: {list(RECIPE_KEYS)}")
+    if recipe.get("snip") and recipe.get("sniper"):
+        raise InputError("a recipe takes 'snip' or 'sniper', not both")
+    if recipe.get("das") is not None and (recipe.get("snip") or recipe.get("sniper")):
+        raise InputError("a recipe takes 'das' or 'snip'/'sniper', not both (each rescales "
+                         "the image itself)")
+    if recipe.get("slice") is not None and (recipe.get("das") is not None
+                                            or recipe.get("snip") or recipe.get("sniper")):
+        raise InputError("a recipe takes 'slice' or 'das'/'snip'/'sniper', not both (each "
+                         "cuts or rescales the image itself)")
+
+
 def build_transforms(recipe: dict | None, *, input_size: int,
                      train_split: str | Path,
                      anchor_sizes: Sequence[float] | Sequence[Sequence[float]] | None = None,
@@ -71,7 +128,8 @@ def build_transforms(recipe: dict | None, *, input_size: int,
 
     Returns ``{"transforms": [...], "oversample": repeats or None, "with_masks": bool,
     "batch_scales": n or None}``:
-    ``ResizeLongest(input_size)`` then flips and copy-paste, or SNIP/SNIPER's own rescaling
+    ``ResizeLongest(input_size)`` then flips and copy-paste (with ``slice``, SAHI's
+    ``RandomSlice`` tile cut comes before the resize), or SNIP/SNIPER's own rescaling
     transform first (they resize themselves), or with ``das`` PyramidBox's
     ``DataAnchorSampling`` first, drawing from ``anchor_sizes`` (the detector's scaled
     sizes, flat or one list per level; only ``das`` reads them); ``oversample`` is a
@@ -87,20 +145,14 @@ def build_transforms(recipe: dict | None, *, input_size: int,
     from sodlab.snip import SniperChip, SnipScale
 
     recipe = dict(recipe or {})
-    unknown = set(recipe) - set(RECIPE_KEYS)
-    if unknown:
-        raise InputError(f"unknown recipe keys {sorted(unknown)}; valid: {list(RECIPE_KEYS)}")
-    if recipe.get("snip") and recipe.get("sniper"):
-        raise InputError("a recipe takes 'snip' or 'sniper', not both")
-    if recipe.get("das") is not None and (recipe.get("snip") or recipe.get("sniper")):
-        raise InputError("a recipe takes 'das' or 'snip'/'sniper', not both (each rescales "
-                         "the image itself)")
+    _check_keys(recipe)
     chain: list = [RandomHFlip()] if recipe.get("flip", True) else []
     with_masks = False
     if recipe.get("copy_paste") is not None:
         kw = dict(recipe["copy_paste"])
         chain.append(CopyPaste(p=float(kw.pop("p", 0.5)), **kw))
         with_masks = True
+    cut = [] if recipe.get("slice") is None else [_slice(recipe["slice"], input_size=input_size)]
     first = ResizeLongest(input_size) if recipe.get("das") is None else \
         _das(recipe["das"], anchor_sizes=anchor_sizes, input_size=input_size)
     batch_scales = None
@@ -120,5 +172,5 @@ def build_transforms(recipe: dict | None, *, input_size: int,
         area = float(recipe.get("oversample_area", 32.0**2))
         oversample = oversample_repeats(load_coco(train_split), k=k,
                                         predicate=lambda anns: contains_small(anns, area))
-    return {"transforms": [first, *chain], "oversample": oversample, "with_masks": with_masks,
+    return {"transforms": [*cut, first, *chain], "oversample": oversample, "with_masks": with_masks,
             "batch_scales": batch_scales}

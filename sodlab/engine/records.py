@@ -33,7 +33,8 @@ RECORD_VERSION = 1
 N_RESAMPLES = 500
 RESAMPLE_SEED = 0
 # The metrics whose resample vectors a record keeps (every comparison may use any of them).
-SAMPLED = ("AP", "AP50", "AP_tiny", "AP_small", "AP_medium", "R50_tiny", "R50_small")
+SAMPLED = ("AP", "AP50", "AP_tiny", "AP_small", "AP_medium", "AR_small", "R50_tiny",
+           "R50_small")
 DIGITS = 4  # stored values are rounded to 1e-4: far below any difference we call
 
 
