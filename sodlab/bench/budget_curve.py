@@ -2,7 +2,9 @@
 
 Layer L4. ``fpn`` and ``s3fd`` trained at 1x, 2x, 4x, 8x and 16x the old full budget (400
 steps x 8 images at 384 px = 3,200 images seen), one seed, each with the same schedule
-shape (warm-up then cosine over its own length). Every point is a run record
+shape (warm-up then cosine over its own length), and the RoI head of notebooks 07 and 09
+trained with its own (fixed) second-stage budget on each ``fpn`` base; a row's images
+seen are its base's. Every point is a run record
 (``sodlab.engine.experiment.run_technique``): a committed record trains nothing, so the
 curve is assembled in minutes once its records exist, and a run cut off mid-curve keeps
 every point it finished. Points run cheapest first, one preset after the other, so each
@@ -25,6 +27,7 @@ from sodlab.errors import InputError
 OLD_FULL = {"max_steps": 400, "batch_size": 8}   # the budget every verdict used until now
 MULTIPLES = (1, 2, 4, 8, 16)
 PRESETS = ("fpn", "s3fd")
+ROI_ON = ("fpn",)            # the RoI head of notebooks 07 and 09, on each of these bases
 KEYS = ("AP_small", "AP_tiny", "AP50")
 QUICK_STEPS = 25                                   # 1x in quick mode: 25 steps x 8 images
 SUFFICIENT = 0.9                                   # the new full budget: >= 90 % of 16x
@@ -68,14 +71,15 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
 
     root = Path(data_root) if data_root else ensure_dataset("quick" if quick else "full", seed=0)
     mode = "quick" if quick else "full"
+    jobs = [(p, m, Technique(p, p)) for p, m in curve_points(presets, multiples)]
+    jobs += [(f"{p} + RoI head", m, Technique("RoI head", p, stage_two={"kind": "roi"}))
+             for p, m in curve_points([p for p in ROI_ON if p in presets], multiples)]
     rows = []
-    for preset, m in tqdm(curve_points(presets, multiples), disable=not progress,
-                          desc="budget curve"):
+    for label, m, tech in tqdm(jobs, disable=not progress, desc="budget curve"):
         budget = budget_at(m, quick=quick)
-        rec = run_technique(Technique(preset, preset), root, seed=0, mode=mode, budget=budget,
-                            progress=progress)
-        rows.append({"preset": preset, "multiple": m,
-                     "images_seen": rec["budget"]["images_seen"],
+        rec = run_technique(tech, root, seed=0, mode=mode, budget=budget, progress=progress)
+        rows.append({"preset": label, "multiple": m,
+                     "images_seen": int(budget["max_steps"]) * int(budget["batch_size"]),
                      "train_seconds": rec.get("train_seconds"), "key": rec["key"],
                      **{k: rec["metrics"][k] for k in KEYS}})
     result = assemble_curve(rows, quick=quick)
