@@ -65,8 +65,8 @@ def render_curve() -> str:
 
 
 def render_studies() -> str:
-    from sodlab.bench.study_view import load_study
     from sodlab.bench.studies import STUDIES
+    from sodlab.bench.study_view import load_study
 
     lines = []
     for name, st in STUDIES.items():
@@ -122,7 +122,7 @@ def updated(text: str) -> str:
             raise InputError(f"README has no generated section {name!r} (markers "
                              f"'<!-- generated: {name} -->' ... '<!-- end generated: {name} -->')")
         body = render(name).rstrip("\n") + "\n"
-        text = pat.sub(lambda m: m.group(1) + body + m.group(3), text)
+        text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
     return text
 
 
