@@ -11,8 +11,9 @@ generated: NAME -->`` markers; ``render(name)`` writes each from ``results/``:
 - ``old_results``: the committed notebook results of the earlier budget (``results/NN_*.json``),
   each notebook's headline numbers as its run recorded them.
 
-``python -m sodlab.bench.readme`` rewrites the sections; ``--check`` exits 1 when the README
-differs from what the results give (a test runs it). Taught nowhere: it keeps the README true.
+``python -m sodlab.bench.readme`` rewrites the sections (the README's, and the learning curve
+in ``docs/design.md``); ``--check`` exits 1 when a file differs from what the results give
+(a test runs it). Taught nowhere: it keeps the README true.
 """
 
 from __future__ import annotations
@@ -114,12 +115,16 @@ def _pattern(name: str) -> re.Pattern:
                       re.S)
 
 
-def updated(text: str) -> str:
+# The files with generated sections, and the sections each must hold.
+FILES = {"README.md": SECTIONS, "docs/design.md": ("curve",)}
+
+
+def updated(text: str, sections: tuple[str, ...] = SECTIONS) -> str:
     """``text`` (a README) with every generated section rendered anew."""
-    for name in SECTIONS:
+    for name in sections:
         pat = _pattern(name)
         if not pat.search(text):
-            raise InputError(f"README has no generated section {name!r} (markers "
+            raise InputError(f"no generated section {name!r} (markers "
                              f"'<!-- generated: {name} -->' ... '<!-- end generated: {name} -->')")
         body = render(name).rstrip("\n") + "\n"
         text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
@@ -130,16 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     from sodlab.files import repo_root
 
     args = list(sys.argv[1:] if argv is None else argv)
-    path = repo_root() / "README.md"
-    old = path.read_text()
-    new = updated(old)
-    if "--check" in args:
+    stale = []
+    for rel, sections in FILES.items():
+        path = repo_root() / rel
+        old = path.read_text()
+        new = updated(old, sections)
         if new != old:
-            print("README.md is out of date with results/: run python -m sodlab.bench.readme")
-            return 1
-        return 0
-    if new != old:
-        path.write_text(new)
+            stale.append(rel)
+            if "--check" not in args:
+                path.write_text(new)
+    if "--check" in args and stale:
+        print(f"{', '.join(stale)} out of date with results/: run python -m sodlab.bench.readme")
+        return 1
     return 0
 
 
@@ -147,4 +154,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["SECTIONS", "render", "updated", "main"]
+__all__ = ["SECTIONS", "FILES", "render", "updated", "main"]
