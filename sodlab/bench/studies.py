@@ -73,6 +73,13 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
              stage_two={"kind": "roi", "relation": 1, "learned_nms": True})),
           (("RoI head", "relation"), ("RoI head", "RoI head + learned NMS"),
            ("RoI head", "relation + learned NMS"))),
+    Study("tiny_objects", "11_tiny_objects",
+          (FPN, T("fpn + NWD", "fpn", overrides=(("matcher", "nwd"),)),
+           T("fpn + DotD", "fpn", overrides=(("matcher", "dotd"),)),
+           T("fpn + sliced training", "fpn", recipe="sliced training"),
+           T("sliced inference", "fpn", test="sliced")),
+          (("fpn", "fpn + NWD"), ("fpn", "fpn + DotD"), ("fpn", "fpn + sliced training"),
+           ("fpn", "sliced inference"))),
 )}
 
 
