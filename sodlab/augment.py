@@ -146,6 +146,108 @@ def _place(occupied: np.ndarray, fp: np.ndarray, g: torch.Generator,
     return None
 
 
+def _check_copy_paste_arguments(target: dict, strategy: str, blend: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown copy-paste strategy {strategy!r}; choose from {STRATEGIES}")
+    if blend not in ("hard", "soft"):
+        raise ValueError(f"blend must be 'hard' or 'soft', got {blend!r}")
+    if "masks" not in target:
+        raise ValueError("copy_paste needs target['masks'] (load the dataset with with_masks=True)")
+
+
+def _chosen_sources(is_small: torch.Tensor, strategy: str, g: torch.Generator,
+                    subset_p: float) -> list[int]:
+    """Indices of the small objects the strategy pastes (the draws of ``one_many`` and
+    ``random_subset`` come first in the generator's stream)."""
+    small = torch.nonzero(is_small).flatten().tolist()
+    if strategy == "one_many":
+        return [small[int(torch.randint(len(small), (1,), generator=g))]] if small else []
+    if strategy == "random_subset":
+        return [i for i in small if float(torch.rand((), generator=g)) < subset_p]
+    return small
+
+
+def _box_occupancy(boxes: torch.Tensor, H: int, W: int) -> np.ndarray:
+    """``[H, W]`` bool: the pixels every box touches (every mask lies inside its box's)."""
+    occupied = np.zeros((H, W), dtype=bool)
+    for bx1, by1, bx2, by2 in boxes.tolist():
+        x1, y1 = max(math.floor(bx1), 0), max(math.floor(by1), 0)
+        occupied[y1:max(math.ceil(by2), 0), x1:max(math.ceil(bx2), 0)] = True
+    return occupied
+
+
+def _source_patch(img_np: np.ndarray, masks_np: np.ndarray, i: int, region: list[float],
+                  with_context: bool) -> torch.Tensor:
+    """The pixels of ``region`` with the object's mask as a 4th channel, and with context
+    a 5th: the rectangle less the pixels of other objects. ``[4 or 5, h, w]``"""
+    _, H, W = img_np.shape
+    x1 = max(math.floor(region[0]), 0)
+    y1 = max(math.floor(region[1]), 0)
+    x2 = min(math.ceil(region[2]), W)
+    y2 = min(math.ceil(region[3]), H)
+    own = masks_np[i, y1:y2, x1:x2]  # [h, w]
+    if with_context:  # the rectangle, less the pixels of other objects
+        others = masks_np[:, y1:y2, x1:x2].any(0) & ~own
+        patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None], ~others[None]],
+                               dtype=np.float32)  # [5, h, w]
+    else:  # the footprint is the object's mask: warp it once
+        patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None]],
+                               dtype=np.float32)  # [4, h, w]
+    return torch.from_numpy(patch)
+
+
+def _footprint(wn: np.ndarray, with_context: bool):
+    """``(mask [ho, wo], footprint [ho, wo], tight box)`` of a warped patch ``[C, ho, wo]``
+    (the footprint also covers the mask's tight box), or None when the mask vanished."""
+    m = wn[3] > 0.5  # [ho, wo]
+    if not m.any():
+        return None
+    fp = (wn[4] > 0.5) | m if with_context else m.copy()
+    tx1, ty1, tx2, ty2 = _tight_box(m)
+    fp[ty1:ty2, tx1:tx2] = True
+    return m, fp, (tx1, ty1, tx2, ty2)
+
+
+def _blend_at(image: torch.Tensor, warped: torch.Tensor, fp: np.ndarray, oy: int, ox: int,
+              blend: str) -> None:
+    """Write the warped pixels over ``image`` at ``(oy, ox)`` inside the footprint (in place)."""
+    ho, wo = fp.shape
+    if blend == "hard":
+        dst = image.numpy()[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
+        dst[:] = np.where(fp, np.clip(warped.numpy()[:3], 0, 1), dst)
+    else:
+        dst = image[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
+        alpha = _feather(torch.from_numpy(fp).float())
+        dst.copy_(alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst)
+
+
+def _with_pasted(target: dict, areas: torch.Tensor, pasted: list) -> dict:
+    """``target`` with the pasted objects ``(oy, ox, mask, box, source index)`` appended."""
+    out = dict(target)
+    if not pasted:
+        return out
+    boxes, masks, crowd = target["boxes"], target["masks"], target["iscrowd"]
+    _, H, W = masks.shape
+    src_idx = [i for *_, i in pasted]
+    nb = torch.tensor([box for _, _, _, box, _ in pasted], dtype=torch.float32)  # [P, 4]
+    all_masks = torch.empty(len(masks) + len(nb), H, W, dtype=torch.bool)  # [N + P, H, W]
+    all_masks[:len(masks)] = masks
+    all_masks[len(masks):] = False
+    for k, (oy, ox, m, _, _) in enumerate(pasted):
+        all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = torch.from_numpy(m)
+    out["boxes"] = torch.cat([boxes, nb])
+    out["masks"] = all_masks
+    out["labels"] = torch.cat([target["labels"], target["labels"][src_idx]])
+    out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
+    pasted_area = torch.tensor([float(m.sum()) for _, _, m, _, _ in pasted])  # [P]
+    out["area"] = torch.cat([areas.float(), pasted_area])
+    for key in target:  # context boxes (head, body) travel with their pasted object
+        if key.endswith("_boxes"):
+            shift = (nb[:, :2] - boxes[src_idx][:, :2]).repeat(1, 2)  # [P, 4] translation
+            out[key] = torch.cat([target[key], target[key][src_idx] + shift])
+    return out
+
+
 def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
                strategy: str = "all_once", n_copies: int = 1, max_area: float = SMALL_AREA,
                scale: tuple[float, float] = (0.8, 1.2), rotation: float = 15.0,
@@ -163,97 +265,36 @@ def copy_paste(image: torch.Tensor, target: dict, *, g: torch.Generator,
     random stream, and so the output for a given generator, is that of the one-try-at-a-time
     loop.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown copy-paste strategy {strategy!r}; choose from {STRATEGIES}")
-    if blend not in ("hard", "soft"):
-        raise ValueError(f"blend must be 'hard' or 'soft', got {blend!r}")
-    if "masks" not in target:
-        raise ValueError("copy_paste needs target['masks'] (load the dataset with with_masks=True)")
+    _check_copy_paste_arguments(target, strategy, blend)
     _, H, W = image.shape
-    boxes, masks = target["boxes"], target["masks"]  # [N, 4], [N, H, W]
+    masks = target["masks"]  # [N, H, W]
     areas = target["area"] if "area" in target else masks.flatten(1).sum(1).float()
-    crowd = target["iscrowd"]
-    is_small = (crowd == 0) & (areas > 0) & (areas <= max_area)  # [N]
-    small = torch.nonzero(is_small).flatten().tolist()
-    if strategy == "one_many":
-        small = [small[int(torch.randint(len(small), (1,), generator=g))]] if small else []
-    elif strategy == "random_subset":
-        small = [i for i in small if float(torch.rand((), generator=g)) < subset_p]
-
-    occupied = np.zeros((H, W), dtype=bool)  # every mask lies inside its box's pixels
-    for bx1, by1, bx2, by2 in boxes.tolist():
-        x1, y1 = max(math.floor(bx1), 0), max(math.floor(by1), 0)
-        occupied[y1:max(math.ceil(by2), 0), x1:max(math.ceil(bx2), 0)] = True
+    is_small = (target["iscrowd"] == 0) & (areas > 0) & (areas <= max_area)  # [N]
+    small = _chosen_sources(is_small, strategy, g, subset_p)
+    occupied = _box_occupancy(target["boxes"], H, W)
     image = image.clone()
-    img_np = image.numpy()  # [3, H, W], shares memory with image
-    masks_np = masks.numpy()  # [N, H, W]
-    regions = (_context_regions(target, small) if with_context else boxes[small]).tolist()
-    new_boxes, new_masks, src_idx = [], [], []
-    skipped = 0
+    regions = (_context_regions(target, small) if with_context
+               else target["boxes"][small]).tolist()
+    pasted, skipped = [], 0  # pasted: (oy, ox, mask, box, source index)
     for i, region in zip(small, regions):
-        x1 = max(math.floor(region[0]), 0)
-        y1 = max(math.floor(region[1]), 0)
-        x2 = min(math.ceil(region[2]), W)
-        y2 = min(math.ceil(region[3]), H)
-        own = masks_np[i, y1:y2, x1:x2]  # [h, w]
-        if with_context:  # the rectangle, less the pixels of other objects
-            others = masks_np[:, y1:y2, x1:x2].any(0) & ~own
-            patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None], ~others[None]],
-                                   dtype=np.float32)  # [5, h, w]
-        else:  # the footprint is the object's mask: warp it once
-            patch = np.concatenate([img_np[:, y1:y2, x1:x2], own[None]],
-                                   dtype=np.float32)  # [4, h, w]
-        patch = torch.from_numpy(patch)
+        patch = _source_patch(image.numpy(), masks.numpy(), i, region, with_context)
         for _ in range(n_copies):
             warped = _warp(patch, _uniform(g, *scale), _uniform(g, -rotation, rotation))
-            wn = warped.numpy()  # [C, ho, wo]
-            m = wn[3] > 0.5  # [ho, wo]
-            if not m.any():
+            found = _footprint(warped.numpy(), with_context)
+            if found is None or found[1].shape[0] > H or found[1].shape[1] > W:
                 skipped += 1
                 continue
-            fp = (wn[4] > 0.5) | m if with_context else m.copy()
-            tx1, ty1, tx2, ty2 = _tight_box(m)
-            fp[ty1:ty2, tx1:tx2] = True
-            ho, wo = fp.shape
-            if ho > H or wo > W:
-                skipped += 1
-                continue
+            m, fp, (tx1, ty1, tx2, ty2) = found
             where = _place(occupied, fp, g, max_tries)
             if where is None:
                 skipped += 1
                 continue
             oy, ox = where
-            if blend == "hard":
-                dst = img_np[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
-                dst[:] = np.where(fp, np.clip(wn[:3], 0, 1), dst)
-            else:
-                dst = image[:, oy:oy + ho, ox:ox + wo]  # [3, ho, wo]
-                alpha = _feather(torch.from_numpy(fp).float())
-                dst.copy_(alpha * warped[:3].clamp(0, 1) + (1 - alpha) * dst)
-            occupied[oy:oy + ho, ox:ox + wo] |= fp
-            new_masks.append((oy, ox, m))  # placed into full-size masks once, at the end
-            new_boxes.append([tx1 + ox, ty1 + oy, tx2 + ox, ty2 + oy])
-            src_idx.append(i)
-    out = dict(target)
-    if new_boxes:
-        nb = torch.tensor(new_boxes, dtype=torch.float32)  # [P, 4]
-        all_masks = torch.empty(len(masks) + len(nb), H, W, dtype=torch.bool)  # [N + P, H, W]
-        all_masks[:len(masks)] = masks
-        all_masks[len(masks):] = False
-        for k, (oy, ox, m) in enumerate(new_masks):
-            all_masks[len(masks) + k, oy:oy + m.shape[0], ox:ox + m.shape[1]] = \
-                torch.from_numpy(m)
-        out["boxes"] = torch.cat([boxes, nb])
-        out["masks"] = all_masks
-        out["labels"] = torch.cat([target["labels"], target["labels"][src_idx]])
-        out["iscrowd"] = torch.cat([crowd, torch.zeros(len(nb), dtype=torch.bool)])
-        pasted_area = torch.tensor([float(m.sum()) for _, _, m in new_masks])  # [P]
-        out["area"] = torch.cat([areas.float(), pasted_area])
-        for key in target:  # context boxes (head, body) travel with their pasted object
-            if key.endswith("_boxes"):
-                shift = (nb[:, :2] - boxes[src_idx][:, :2]).repeat(1, 2)  # [P, 4] translation
-                out[key] = torch.cat([target[key], target[key][src_idx] + shift])
-    out["pasted"] = len(new_boxes)
+            _blend_at(image, warped, fp, oy, ox, blend)
+            occupied[oy:oy + fp.shape[0], ox:ox + fp.shape[1]] |= fp
+            pasted.append((oy, ox, m, [tx1 + ox, ty1 + oy, tx2 + ox, ty2 + oy], i))
+    out = _with_pasted(target, areas, pasted)
+    out["pasted"] = len(pasted)
     out["pasted_skipped"] = skipped
     return image, out
 

@@ -57,6 +57,18 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return inter / torch.min(area_a, area_b).clamp(min=1e-12)
 
 
+def _may_grow(boxes: torch.Tensor, scores: torch.Tensor, score_ratio: float, min_score: float,
+              area_ratio: float) -> torch.Tensor:
+    """``[D, D]`` bool: may box j enlarge the kept box i (``merge_boxes``' gate; i, i: True)."""
+    area = torchvision.ops.box_area(boxes)  # [D]
+    big = torch.max(area[:, None], area[None])  # [D, D]
+    small = torch.min(area[:, None], area[None])  # [D, D]
+    floor = torch.clamp(score_ratio * scores, min=min_score)  # [D]
+    grows = (scores[None] >= floor[:, None]) & (big <= area_ratio * small)  # [D, D]
+    grows.fill_diagonal_(True)
+    return grows
+
+
 def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, *,
                 method: str = "nms", metric: str = "ios", thresh: float = 0.5,
                 grow_score_ratio: float = 0.5, grow_min_score: float = 0.0,
@@ -96,12 +108,7 @@ def merge_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     # its overlap with itself is then 0, and it would claim nothing, not even its own group.
     ov.fill_diagonal_(True)
     if method == "merge":
-        area = torchvision.ops.box_area(boxes)  # [D]
-        big = torch.max(area[:, None], area[None])  # [D, D]
-        small = torch.min(area[:, None], area[None])  # [D, D]
-        floor = torch.clamp(grow_score_ratio * scores, min=grow_min_score)  # [D]
-        grows = (scores[None] >= floor[:, None]) & (big <= grow_area_ratio * small)  # [D, D]
-        grows.fill_diagonal_(True)
+        grows = _may_grow(boxes, scores, grow_score_ratio, grow_min_score, grow_area_ratio)
     claimed = torch.zeros(len(boxes), dtype=torch.bool)
     keep, out_boxes = [], []
     for i in range(len(boxes)):

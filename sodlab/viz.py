@@ -15,6 +15,9 @@ Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
 - ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
 - ``show(fig)``: a figure as a PNG output in Jupyter, papermill and the HTML export, the one
   way notebooks show a ``matplotlib.figure.Figure`` they built themselves.
+- ``figure_png(fig, dpi=)``: a figure as PNG bytes on white (Agg, whatever the backend),
+  closed afterwards: the pictures of the explorers (``sodlab.widgets``) and the benchmark
+  page's plots (``sodlab.bench.page``).
 - ``size_histogram(ax, sizes, ...)``: a histogram of ``sqrt(area)`` (px) on a log axis with
   the bucket boundaries 16, 32, 96 drawn and labelled.
 
@@ -217,3 +220,21 @@ def show(fig, *, dpi: int = 100) -> None:
     display(Image(data=buf.getvalue(), format="png"))
     if plt.fignum_exists(getattr(fig, "number", -1)):
         plt.close(fig)
+
+
+def figure_png(fig, *, dpi: float | None = None, close: bool = True) -> bytes:
+    """PNG bytes of ``fig`` (Agg), closed afterwards unless ``close=False``.
+
+    Closing matters for a pyplot figure made while a cell runs: the inline backend would
+    otherwise show it a second time, as a static output under the cell.
+    """
+    import io
+
+    buf = io.BytesIO()
+    # white behind the axes: readable on a dark notebook theme too
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, facecolor="white")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # a no-op for a Figure that pyplot does not manage
+    return buf.getvalue()

@@ -5,10 +5,9 @@
 package and in the notebooks' code cells; (b) only it groups annotations by image itself
 (``setdefault(...["image_id"]...)`` or ``defaultdict(list)`` indexed by an ``"image_id"``);
 (c) no file cites the design notes by another name than ``docs/``; (d) no two modules
-define a public function of the same name (interfaces such as ``run`` excepted).
-
-Files that still break a rule while their owners change them are listed in ``KNOWN_*`` and
-marked ``xfail(strict=False)`` one by one: delete an entry once its file is fixed.
+define a public function of the same name (interfaces such as ``run`` excepted); (e) no
+function of the package is longer than ``MAX_FUNCTION_LINES`` lines (``def`` to its last
+line; split a longer one into well-named helpers beside it).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import ast
 import functools
 import json
-import math
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -36,12 +34,9 @@ CITATIONS = ("DESIGN" + ".md", "METHODS" + ".md", ".." + "/shared")
 # The evaluator's loader reads results records a user gives and normalises them into the
 # records COCOeval needs (ids, areas); it builds no detections, so it is not an offender.
 RESULTS_PARSERS = {"sodlab/metrics/coco.py"}
-KNOWN_RESULTS_BUILDERS: dict[str, str] = {}
-KNOWN_GROUPERS: dict[str, str] = {}
-KNOWN_CITERS: dict[str, str] = {}
 # One public name per job; these names are interfaces every module of a kind defines.
 INTERFACE_NAMES = {"run", "register", "explorer"}
-KNOWN_SHARED_NAMES: dict[str, str] = {}
+MAX_FUNCTION_LINES = 60
 
 
 # --------------------------------------------------------------------------- sources
@@ -193,9 +188,22 @@ def shared_public_names() -> dict[str, list[str]]:
     return {k: v for k, v in where.items() if len(v) > 1 and k not in INTERFACE_NAMES}
 
 
-def _known(table: dict[str, str]):
-    return [pytest.param(k, marks=pytest.mark.xfail(strict=False, reason=v), id=k)
-            for k, v in sorted(table.items())]
+def long_functions(tree: ast.AST, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """``(name, lines)`` of every function (methods and nested ones too) longer than ``limit``
+    lines, counted from its ``def`` to its last line."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                out.append((node.name, lines))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def long_function_offenders() -> dict[str, list[tuple[str, int]]]:
+    return {_rel(p): hits for p in package_modules()
+            if (hits := long_functions(_parse(p)))}
 
 
 # --------------------------------------------------------------------------- the checkers work
@@ -229,6 +237,18 @@ def test_citation_checker():
     assert citations("docs/design.md, docs/methods.md, a shared machine") == []
 
 
+def test_long_function_checker_counts_def_to_last_line():
+    def body(indent: int) -> str:  # 59 lines
+        return "".join(f"{' ' * indent}x{i} = {i}\n" for i in range(59))
+
+    src = (f"def too_long():\n{body(4)}    return 0\n"               # 61 lines
+           f"class A:\n    def fits(self):\n{body(8)}\n"            # 60 lines
+           f"def outer():\n    def inner():\n{body(8)}    return inner\n")  # 62 and 60
+    assert long_functions(ast.parse(src)) == [("too_long", 61), ("outer", 62)]
+    assert long_functions(ast.parse(src), limit=59) == [("too_long", 61), ("outer", 62),
+                                                        ("fits", 60), ("inner", 60)]
+
+
 def test_notebook_code_keeps_code_and_drops_markdown_and_magics(tmp_path):
     nb = {"cells": [{"cell_type": "markdown", "source": ['{"category_id": 1, "score": 2}']},
                     {"cell_type": "code", "source": ["%matplotlib inline\n", "x = 1\n"]},
@@ -241,35 +261,20 @@ def test_notebook_code_keeps_code_and_drops_markdown_and_magics(tmp_path):
 
 # --------------------------------------------------------------------------- the rules
 def test_only_data_coco_builds_coco_results_records():
-    extra = {k: v for k, v in results_offenders().items() if k not in KNOWN_RESULTS_BUILDERS}
-    assert not extra, ("COCO results records built by hand (use "
-                       f"sodlab.data.coco.to_coco_results): {extra}")
-
-
-@pytest.mark.parametrize("path", _known(KNOWN_RESULTS_BUILDERS))
-def test_known_results_builder_is_fixed(path):
-    assert path not in results_offenders()
+    found = results_offenders()
+    assert not found, ("COCO results records built by hand (use "
+                       f"sodlab.data.coco.to_coco_results): {found}")
 
 
 def test_only_data_coco_groups_annotations_by_image():
-    extra = {k: v for k, v in grouping_offenders().items() if k not in KNOWN_GROUPERS}
-    assert not extra, ("annotations grouped by image by hand (use "
-                       f"sodlab.data.coco.annotations_by_image): {extra}")
-
-
-@pytest.mark.parametrize("path", _known(KNOWN_GROUPERS))
-def test_known_grouper_is_fixed(path):
-    assert path not in grouping_offenders()
+    found = grouping_offenders()
+    assert not found, ("annotations grouped by image by hand (use "
+                       f"sodlab.data.coco.annotations_by_image): {found}")
 
 
 def test_no_file_cites_the_old_design_notes():
-    extra = {k: v for k, v in citation_offenders().items() if k not in KNOWN_CITERS}
-    assert not extra, f"cite docs/design.md or docs/methods.md instead: {extra}"
-
-
-@pytest.mark.parametrize("path", _known(KNOWN_CITERS))
-def test_known_citer_is_fixed(path):
-    assert path not in citation_offenders()
+    found = citation_offenders()
+    assert not found, f"cite docs/design.md or docs/methods.md instead: {found}"
 
 
 def test_the_docs_exist_and_the_readme_links_them():
@@ -280,13 +285,14 @@ def test_the_docs_exist_and_the_readme_links_them():
 
 
 def test_public_names_are_not_shared_across_modules():
-    extra = {k: v for k, v in shared_public_names().items() if k not in KNOWN_SHARED_NAMES}
-    assert not extra, f"two functions, one name (give each a descriptive one): {extra}"
+    found = shared_public_names()
+    assert not found, f"two functions, one name (give each a descriptive one): {found}"
 
 
-@pytest.mark.parametrize("name", _known(KNOWN_SHARED_NAMES))
-def test_known_shared_name_is_split(name):
-    assert name not in shared_public_names()
+def test_no_function_is_longer_than_the_limit():
+    found = long_function_offenders()
+    assert not found, (f"functions over {MAX_FUNCTION_LINES} lines (split them into "
+                       f"well-named helpers beside them): {found}")
 
 
 # --------------------------------------------------------------------------- the one helpers
@@ -363,12 +369,13 @@ def test_bucket_rgb_is_bucket_colors():
         assert BUCKET_RGB[name] == tuple(round(255 * c) for c in to_rgb(hexcol))
 
 
-def test_the_two_crop_helpers_have_distinct_names():
-    from sodlab.engine import mismatch, patches
+def test_crops_at_boxes_averages_the_pixels_it_shrinks():
+    from sodlab.engine.patches import crops_at_boxes
 
     img = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(1))
-    crops = patches.crops_at_boxes(img, torch.tensor([[0.0, 0.0, 20.0, 20.0]]), 10)
+    crops = crops_at_boxes(img, torch.tensor([[0.0, 0.0, 20.0, 20.0]]), 10)
     assert crops.shape == (1, 3, 10, 10)
-    assert math.isclose(float(crops.mean()), float(img.mean()), abs_tol=0.05)
-    assert not hasattr(patches, "extract_crops")
-    assert callable(mismatch.object_and_background_crops)
+    # a 20-pixel box into 10 pixels: each output pixel is the mean of its 2 x 2 pixels
+    want = img.reshape(3, 10, 2, 10, 2).mean((2, 4))
+    torch.testing.assert_close(crops[0], want, rtol=0, atol=1e-6)
+    assert crops_at_boxes(img, torch.zeros(0, 4), 10).shape == (0, 3, 10, 10)

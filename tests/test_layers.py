@@ -79,3 +79,51 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     names = [n for _, n in _imports(tree, fake)]
     assert names == ["sodlab.detector", "sodlab.engine"]
     assert all(LAYER[n.split(".")[1]] > LAYER["boxes"] for n in names)
+
+
+# --------------------------------------------------------------------------- within the engine
+ENGINE = PKG / "engine"
+
+
+def _engine_imports(path: Path) -> set[str]:
+    """The engine modules ``path`` imports, at module level or inside a function body."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for _, name in _imports(tree, path):
+        parts = name.split(".")
+        if parts[:2] == ["sodlab", "engine"] and len(parts) > 2:
+            out.add(parts[2])
+    return out - {path.stem}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (``[a, b, ..., a]``), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [node])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [])):
+            return found
+    return None
+
+
+def test_the_cycle_finder():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_engine_modules_import_each_other_without_cycles():
+    """Function-level imports count too: a cycle hidden in a function body is still one."""
+    graph = {p.stem: _engine_imports(p) for p in ENGINE.glob("*.py") if p.stem != "__init__"}
+    assert graph["stage_two"] >= {"predict", "stage_two_spec"}  # the checker sees them
+    cycle = _cycle(graph)
+    assert cycle is None, "engine import cycle: " + " -> ".join(cycle)

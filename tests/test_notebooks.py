@@ -34,6 +34,54 @@ def test_notebook_runs_quick(path, quick_dataset, tmp_path):
     assert (tmp_path / "executed" / f"{path.stem}.ipynb").is_file()
     assert (tmp_path / "html" / f"{path.stem}.html").is_file()
     assert path.stem in (tmp_path / "index.html").read_text()
+    problems = output_problems(nbformat.read(str(tmp_path / "executed" / f"{path.stem}.ipynb"),
+                                             as_version=4))
+    assert not problems, problems
+
+
+MAX_STREAM_LINES = 40
+
+
+def output_problems(nb) -> list[str]:
+    """What a student should not see in an executed notebook (issue list of the teaching rules):
+    a figure printed as ``<Figure size ...>`` instead of drawn, a printed stream longer than
+    ``MAX_STREAM_LINES`` lines (a dump, not a table), a pandas table cut to ``...`` rows; and
+    a notebook without a single image."""
+    problems, images = [], 0
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            images += "image/png" in data
+            text = data.get("text/plain", "")
+            if isinstance(text, list):
+                text = "".join(text)
+            if text.startswith("<Figure size") and "image/png" not in data:
+                problems.append(f"cell {i}: a figure shown as text ({text[:40]})")
+            html = data.get("text/html", "")
+            if isinstance(html, list):
+                html = "".join(html)
+            if "<td>...</td>" in html or "<th>...</th>" in html:
+                problems.append(f"cell {i}: a pandas table cut to '...'")
+            if out.get("output_type") == "stream":
+                lines = "".join(out.get("text", "")).count("\n")
+                if lines > MAX_STREAM_LINES:
+                    problems.append(f"cell {i}: {lines} printed lines (a dump)")
+    if not images:
+        problems.append("no image in the whole notebook")
+    return problems
+
+
+def test_output_problems_finds_each_kind():
+    nb = nbformat.v4.new_notebook()
+    fig_text = nbformat.v4.new_output("execute_result", {"text/plain": "<Figure size 9x5>"})
+    cut = nbformat.v4.new_output("display_data", {"text/html": "<table><td>...</td></table>"})
+    dump = nbformat.v4.new_output("stream", name="stdout", text="x\n" * 41)
+    nb.cells = [nbformat.v4.new_code_cell("", outputs=[fig_text, cut, dump])]
+    found = output_problems(nb)
+    assert len(found) == 4 and "no image" in found[-1]
+    png = nbformat.v4.new_output("display_data", {"image/png": "iVBOR", "text/plain": "<Figure"})
+    nb.cells = [nbformat.v4.new_code_cell("", outputs=[png])]
+    assert output_problems(nb) == []
 
 
 def _write_nb(path: Path, body: str) -> None:

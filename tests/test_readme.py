@@ -9,7 +9,7 @@ from sodlab.errors import InputError
 
 
 def test_the_readme_matches_the_committed_results():
-    assert readme.main(["--check"]) == 0, "run: python -m sodlab.bench.readme"
+    assert readme.refresh(["--check"]) == 0, "run: python -m sodlab.bench.readme"
 
 
 def test_sections_are_rewritten_between_their_markers_and_required():

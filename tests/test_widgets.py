@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from sodlab.errors import InputError
+from sodlab.viz import figure_png
 from sodlab.widgets import canvas
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -158,21 +159,21 @@ def test_figure_png_is_the_agg_rendering():
     ax = fig.add_subplot()
     ax.imshow(np.arange(12).reshape(3, 4), cmap="viridis")
     ax.set_axis_off()
-    png = canvas.figure_png(fig, close=False)
+    png = figure_png(fig, close=False)
     got = _png_array(png)
     agg = FigureCanvasAgg(fig)
     agg.draw()
     want = np.asarray(agg.buffer_rgba())[..., :3]  # [H, W, 3]
     assert got.shape == want.shape == (75, 100, 3)
     assert np.array_equal(got, want)
-    assert _png_array(canvas.figure_png(fig, dpi=100)).shape == (150, 200, 3)
+    assert _png_array(figure_png(fig, dpi=100)).shape == (150, 200, 3)
 
 
 def test_figure_png_closes_pyplot_figures():
     plt.close("all")
     fig, ax = plt.subplots(figsize=(1, 1))
     assert plt.get_fignums()
-    canvas.figure_png(fig)
+    figure_png(fig)
     assert plt.get_fignums() == []
 
 

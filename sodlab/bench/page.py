@@ -374,7 +374,7 @@ CAPTIONS = {
 def write_plots(suite: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]:
     """PNG files of every plot that has data, in ``out_dir``; ``{plot: path}``."""
     from sodlab.files import write_bytes
-    from sodlab.widgets.canvas import figure_png
+    from sodlab.viz import figure_png
 
     out = {}
     for name, plot in PLOTTERS.items():
@@ -605,6 +605,90 @@ def _provenance_footer(prov: Mapping) -> str:
     return '<footer><h2>Provenance</h2><dl class="prov">' + "".join(items) + "</dl></footer>"
 
 
+def _page_head(links: Mapping[str, str] | None) -> list[str]:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>sodlab benchmark</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>sodlab benchmark</h1>"]
+    if links:
+        parts.append('<p class="sub">' + " · ".join(f'<a href="{_e(h)}">{_e(t)}</a>'
+                                                    for t, h in links.items()) + "</p>")
+    return parts
+
+
+def _suite_summary(suite: Mapping, prov: Mapping) -> list[str]:
+    """The line under the title: mode, what ran, data, budget, seeds (and quick mode's note)."""
+    b, d = suite.get("budget") or {}, suite.get("data") or {}
+    techs = suite.get("techniques") or {}
+    n = {s: sum(t.get("status") == s for t in techs.values())
+         for s in ("ok", "skipped", "failed")}
+    seeds = b.get("seeds") or []
+    parts = [
+        f'<p class="sub">{_e(prov.get("mode", "?"))} mode; {n["ok"]} techniques ran, '
+        f'{n["skipped"]} skipped, {n["failed"]} failed; data <code>{_e(d.get("root"))}'
+        f'</code> ({_e(d.get("classes"))} classes, {_e(d.get("val_images"))} val images);'
+        f' budget {_e(b.get("max_steps"))} steps x {_e(b.get("batch_size"))} images per '
+        f'model, overrides {_e(b.get("overrides") or "none")}; second stages '
+        f'{_e((b.get("stage_two") or {}).get("max_steps"))} steps x '
+        f'{_e((b.get("stage_two") or {}).get("batch_size"))}; seeds '
+        f'{_e(", ".join(map(str, seeds)))}; {_e(b.get("n_boot"))} bootstrap resamples.</p>']
+    if prov.get("mode") == "quick":
+        parts.append('<p class="note">Quick mode: one seed and a small budget prove the '
+                     "pipeline; they decide nothing.</p>")
+    return parts
+
+
+def _techniques_section(suite: Mapping, marks: Mapping,
+                        notebook_pages: Mapping[str, str] | None) -> list[str]:
+    """The techniques table with the data's notes and the skipped and failed techniques."""
+    parts = ["<h2>Techniques</h2>",
+             '<p class="note">Mean over seeds; below it the 95 % bootstrap interval over '
+             "validation images of the first seed (hover a cell for every seed). "
+             "— marks a bucket without objects. Latency: each technique's own test path "
+             "on one 640 x 480 image, trained weights, fp32, median. Training images/s "
+             "and peak memory: <code>measure_preset</code> of the technique's preset in a "
+             "fresh process (SSDlite: its own training run).</p>",
+             _techniques_table(suite, marks, notebook_pages)]
+    for note in (suite.get("data") or {}).get("notes") or []:
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    if suite.get("skipped"):
+        parts.append("<h3>Skipped</h3><ul>" + "".join(
+            f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in suite["skipped"].items())
+            + "</ul>")
+    if suite.get("failed"):
+        parts.append("<h3>Failed</h3><ul>" + "".join(
+            f"<li><b>{_e(k)}</b>: <code>{_e(v)}</code></li>"
+            for k, v in suite["failed"].items()) + "</ul>")
+    return parts
+
+
+def _plots_section(plots: Mapping[str, str]) -> list[str]:
+    if not plots:
+        return []
+    parts = ["<h2>Plots</h2>"]
+    for name, file in plots.items():
+        parts.append(f'<figure><img src="{_e(file)}" alt="{_e(name)} plot">'
+                     f"<figcaption>{_e(CAPTIONS.get(name, ''))}</figcaption></figure>")
+    return parts
+
+
+def _differences_section(suite: Mapping, reg: Mapping, reference_label: str | None) -> list[str]:
+    """Each technique against the one it changes, the papers beside us, the regression check."""
+    return ["<h2>Each technique against the one it changes</h2>",
+            '<p class="note">Mean of the paired per-seed differences (B - A); below it '
+            "the paired bootstrap interval of the difference (the same image resamples "
+            "for both); then the verdict of <code>sodlab.metrics.verdict</code> from "
+            "the per-seed pairs and the two techniques' own intervals (hover for its "
+            "sentence).</p>", _comparisons_table(suite),
+            "<h2>The papers beside us</h2>",
+            '<p class="note">Each paper\'s reported change on its own data and '
+            "backbone beside our same change on this data and budget: only the "
+            "direction compares, and only where the paper's figure is an ablation. "
+            "\u2020: copied from the paper as the notebooks quote it, not checked "
+            "against a second source.</p>", _papers_table(suite),
+            _regression_section(reg, reference_label)]
+
+
 def render_page(bench: Mapping, *, plots: Mapping[str, str] | None = None,
                 reference: Mapping | None = None, reference_label: str | None = None,
                 links: Mapping[str, str] | None = None,
@@ -619,73 +703,17 @@ def render_page(bench: Mapping, *, plots: Mapping[str, str] | None = None,
     from sodlab.bench.suite import regression
 
     suite = suite_of(bench)
-    plots = plots or {}
     prov = (suite or {}).get("provenance") or bench.get("provenance") or {}
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>sodlab benchmark</title>", f"<style>{CSS}</style></head><body>",
-             "<h1>sodlab benchmark</h1>"]
-    if links:
-        parts.append('<p class="sub">' + " · ".join(f'<a href="{_e(h)}">{_e(t)}</a>'
-                                                    for t, h in links.items()) + "</p>")
+    parts = _page_head(links)
     if suite is None:
         parts.append('<p>The technique suite did not run (<code>sodlab bench --only suite'
                      "</code> runs it).</p>")
     else:
-        b, d = suite.get("budget") or {}, suite.get("data") or {}
-        techs = suite.get("techniques") or {}
-        n = {s: sum(t.get("status") == s for t in techs.values())
-             for s in ("ok", "skipped", "failed")}
-        seeds = b.get("seeds") or []
-        parts.append(
-            f'<p class="sub">{_e(prov.get("mode", "?"))} mode; {n["ok"]} techniques ran, '
-            f'{n["skipped"]} skipped, {n["failed"]} failed; data <code>{_e(d.get("root"))}'
-            f'</code> ({_e(d.get("classes"))} classes, {_e(d.get("val_images"))} val images);'
-            f' budget {_e(b.get("max_steps"))} steps x {_e(b.get("batch_size"))} images per '
-            f'model, overrides {_e(b.get("overrides") or "none")}; second stages '
-            f'{_e((b.get("stage_two") or {}).get("max_steps"))} steps x '
-            f'{_e((b.get("stage_two") or {}).get("batch_size"))}; seeds '
-            f'{_e(", ".join(map(str, seeds)))}; {_e(b.get("n_boot"))} bootstrap resamples.</p>')
-        if prov.get("mode") == "quick":
-            parts.append('<p class="note">Quick mode: one seed and a small budget prove the '
-                         "pipeline; they decide nothing.</p>")
         reg = regression(suite, suite_of(reference) if reference else None)
-        parts += ["<h2>Techniques</h2>",
-                  '<p class="note">Mean over seeds; below it the 95 % bootstrap interval over '
-                  "validation images of the first seed (hover a cell for every seed). "
-                  "— marks a bucket without objects. Latency: each technique's own test path "
-                  "on one 640 x 480 image, trained weights, fp32, median. Training images/s "
-                  "and peak memory: <code>measure_preset</code> of the technique's preset in a "
-                  "fresh process (SSDlite: its own training run).</p>",
-                  _techniques_table(suite, reg.get("marks") or {}, notebook_pages)]
-        for note in d.get("notes") or []:
-            parts.append(f'<p class="note">{_e(note)}</p>')
-        if suite.get("skipped"):
-            parts.append("<h3>Skipped</h3><ul>" + "".join(
-                f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in suite["skipped"].items())
-                + "</ul>")
-        if suite.get("failed"):
-            parts.append("<h3>Failed</h3><ul>" + "".join(
-                f"<li><b>{_e(k)}</b>: <code>{_e(v)}</code></li>"
-                for k, v in suite["failed"].items()) + "</ul>")
-        if plots:
-            parts.append("<h2>Plots</h2>")
-            for name, file in plots.items():
-                parts.append(f'<figure><img src="{_e(file)}" alt="{_e(name)} plot">'
-                             f"<figcaption>{_e(CAPTIONS.get(name, ''))}</figcaption></figure>")
-        parts += ["<h2>Each technique against the one it changes</h2>",
-                  '<p class="note">Mean of the paired per-seed differences (B - A); below it '
-                  "the paired bootstrap interval of the difference (the same image resamples "
-                  "for both); then the verdict of <code>sodlab.metrics.verdict</code> from "
-                  "the per-seed pairs and the two techniques' own intervals (hover for its "
-                  "sentence).</p>", _comparisons_table(suite),
-                  "<h2>The papers beside us</h2>",
-                  '<p class="note">Each paper\'s reported change on its own data and '
-                  "backbone beside our same change on this data and budget: only the "
-                  "direction compares, and only where the paper's figure is an ablation. "
-                  "\u2020: copied from the paper as the notebooks quote it, not checked "
-                  "against a second source.</p>", _papers_table(suite),
-                  _regression_section(reg, reference_label)]
+        parts += [*_suite_summary(suite, prov),
+                  *_techniques_section(suite, reg.get("marks") or {}, notebook_pages),
+                  *_plots_section(plots or {}),
+                  *_differences_section(suite, reg, reference_label)]
     parts.append(_others_section(bench))
     parts.append(_provenance_footer(prov))
     parts.append("</body></html>")

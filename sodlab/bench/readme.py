@@ -131,7 +131,7 @@ def updated(text: str, sections: tuple[str, ...] = SECTIONS) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def refresh(argv: list[str] | None = None) -> int:
     from sodlab.files import repo_root
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(refresh())
 
 
-__all__ = ["SECTIONS", "FILES", "render", "updated", "main"]
+__all__ = ["SECTIONS", "FILES", "render", "updated", "refresh"]

@@ -58,64 +58,32 @@ def _batches(split: Path, recipe: dict | None, *, input_size: int, batch_size: i
     return [collate([ds[i] for i in b]) for b in batches]
 
 
-def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | None = None,
-        preset: str = "fpn", overrides: Sequence[str] | dict = (), batch_size: int = 8,
-        rounds: int | None = None, n_test: int | None = None, precision: str = "auto") -> dict:
-    """Median training step per recipe and inference per image, with ratios to single scale.
-
-    ``data_root``: a dataset root (default: the embedded quick dataset). ``rounds``: timed
-    round-robin rounds after one warm-up round (quick 1, full 5); each round trains one
-    batch of ``batch_size`` per recipe. ``n_test``: validation images timed per test mode
-    (quick 2, full 20).
-    """
-    from sodlab.data import ensure_dataset
-    from sodlab.data.dataset import DetectionDataset
-    from sodlab.detector import build_detector, make_config
-    from sodlab.engine.precision import prepare_model, resolve_precision
-    from sodlab.engine.predict import as_given_predict_fn
-    from sodlab.engine.train import TrainConfig, build_optimizer, train_step
-    from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, multiscale_predict
-
-    root = Path(data_root) if data_root else ensure_dataset("quick", 0, progress=progress)
-    split = root / "train"
-    cfg = make_config(preset, num_classes=DetectionDataset(split).num_classes,
-                      overrides=overrides)
-    size = int(cfg.input_size)
-    prec = resolve_precision(precision)
-    recipes = snip_recipes(chip=size // 2)
-    rounds = rounds or (1 if quick else 6)
-    warm = 1 if quick else 3  # full: one warm-up round per scale (each shape's first call)
-    batches = {name: _batches(split, r, input_size=size, batch_size=batch_size,
-                              steps=warm + rounds) for name, r in recipes.items()}
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = prepare_model(build_detector(cfg), prec)
-    opt = build_optimizer(model, TrainConfig(lr=1e-4))
+def _train_step_seconds(model, opt, batches: dict[str, list], precision: str, *, warm: int,
+                        rounds: int) -> dict[str, float]:
+    """Mean seconds of one ``train_step`` per recipe, timed round-robin after ``warm`` rounds."""
+    from sodlab.engine.train import train_step
 
     def step(images: torch.Tensor, targets: list[dict]) -> float:
         model.train()
         t0 = time.perf_counter()
-        train_step(model, (images, targets), opt, precision=prec)
+        train_step(model, (images, targets), opt, precision=precision)
         return time.perf_counter() - t0
 
-    times: dict[str, list[float]] = {name: [] for name in recipes}
+    times: dict[str, list[float]] = {name: [] for name in batches}
     for r in range(warm + rounds):  # the first rounds warm up every shape's first call
-        for name in recipes:
+        for name in batches:
             s = step(*batches[name][r])
             if r >= warm:
                 times[name].append(s)
-    step_s = {name: statistics.fmean(ts) for name, ts in times.items()}
-    pixels = {name: sum(float(b[0][:, 0].numel()) for b in bs) / len(bs)
-              for name, bs in batches.items()}  # padded pixels per batch
-    image_px = {name: sum(float(t["size"][0] * t["size"][1]) for b in bs for t in b[1]) / len(bs)
-                for name, bs in batches.items()}  # the images' own pixels per batch
+    return {name: statistics.fmean(ts) for name, ts in times.items()}
 
-    val = DetectionDataset(root / "val")
-    n = min(len(val), n_test or (2 if quick else 20))
-    images = [val[i][0] for i in range(n)]
+
+def _test_ms(model, images: list[torch.Tensor], size: int) -> dict[str, float]:
+    """Median ms per image of single-scale and SNIP's three-scale inference, alternating."""
+    from sodlab.engine.predict import as_given_predict_fn
+    from sodlab.snip import DEFAULT_RANGES, DEFAULT_SCALES, multiscale_predict
+
     model.eval()
-
     raw = as_given_predict_fn(model)
 
     def single(img: torch.Tensor) -> dict:
@@ -135,7 +103,50 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
                 t0 = time.perf_counter()
                 fn(img)
                 test_s[name].append(time.perf_counter() - t0)
-    test_ms = {name: 1000.0 * statistics.median(ts) for name, ts in test_s.items()}
+    return {name: 1000.0 * statistics.median(ts) for name, ts in test_s.items()}
+
+
+def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | None = None,
+        preset: str = "fpn", overrides: Sequence[str] | dict = (), batch_size: int = 8,
+        rounds: int | None = None, n_test: int | None = None, precision: str = "auto") -> dict:
+    """Median training step per recipe and inference per image, with ratios to single scale.
+
+    ``data_root``: a dataset root (default: the embedded quick dataset). ``rounds``: timed
+    round-robin rounds after one warm-up round (quick 1, full 5); each round trains one
+    batch of ``batch_size`` per recipe. ``n_test``: validation images timed per test mode
+    (quick 2, full 20).
+    """
+    from sodlab.data import ensure_dataset
+    from sodlab.data.dataset import DetectionDataset
+    from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
+    from sodlab.engine.train import TrainConfig, build_optimizer
+
+    root = Path(data_root) if data_root else ensure_dataset("quick", 0, progress=progress)
+    split = root / "train"
+    cfg = make_config(preset, num_classes=DetectionDataset(split).num_classes,
+                      overrides=overrides)
+    size = int(cfg.input_size)
+    prec = resolve_precision(precision)
+    recipes = snip_recipes(chip=size // 2)
+    rounds = rounds or (1 if quick else 6)
+    warm = 1 if quick else 3  # full: one warm-up round per scale (each shape's first call)
+    batches = {name: _batches(split, r, input_size=size, batch_size=batch_size,
+                              steps=warm + rounds) for name, r in recipes.items()}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = prepare_model(build_detector(cfg), prec)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))
+    step_s = _train_step_seconds(model, opt, batches, prec, warm=warm, rounds=rounds)
+    pixels = {name: sum(float(b[0][:, 0].numel()) for b in bs) / len(bs)
+              for name, bs in batches.items()}  # padded pixels per batch
+    image_px = {name: sum(float(t["size"][0] * t["size"][1]) for b in bs for t in b[1]) / len(bs)
+                for name, bs in batches.items()}  # the images' own pixels per batch
+
+    val = DetectionDataset(root / "val")
+    n = min(len(val), n_test or (2 if quick else 20))
+    test_ms = _test_ms(model, [val[i][0] for i in range(n)], size)
     base = step_s["single scale"]
     return {
         "train_step_vs_single": {name: s / base for name, s in step_s.items()},

@@ -79,6 +79,7 @@ class Row:
     notebook: str                      # the notebook that teaches it ("" when none does)
     kind: str                          # "preset", "recipe", "test", "stage two", "other"
     preset: str | None = None          # the detector preset (None: SSDlite)
+    overrides: tuple[tuple[str, object], ...] = ()  # (key, value) pairs on the preset
     recipe: str | None = None          # a name in sodlab.engine.experiment.RECIPES
     test: str = "single"               # "single", "pyramid", "multiscale", "sliced", "ssdlite"
     stage_two: dict | None = field(default=None, hash=False)  # a stage-two spec
@@ -93,8 +94,8 @@ class Row:
 
         if self.preset is None:
             return None
-        return Technique(self.name, self.preset, recipe=self.recipe, stage_two=self.stage_two,
-                         test=self.test, needs=self.needs)
+        return Technique(self.name, self.preset, overrides=self.overrides, recipe=self.recipe,
+                         stage_two=self.stage_two, test=self.test, needs=self.needs)
 
 
 TECHNIQUES: tuple[Row, ...] = (
@@ -129,6 +130,13 @@ TECHNIQUES: tuple[Row, ...] = (
               against="fpn", what="SNIPER's chips at three scales, three-scale test"),
     Row("sliced inference", "05_snip_sniper", "test", "fpn", test="sliced",
               against="fpn", what="fpn on 2x up-sampled overlapping tiles + the full image"),
+    Row("fpn + NWD", "11_tiny_objects", "preset", "fpn", (("matcher", "nwd"),), against="fpn",
+        what="fpn with anchors assigned by the normalised Gaussian Wasserstein distance"),
+    Row("fpn + DotD", "11_tiny_objects", "preset", "fpn", (("matcher", "dotd"),), against="fpn",
+        what="fpn with anchors assigned by dot distance (centres only)"),
+    Row("fpn + sliced training", "11_tiny_objects", "recipe", "fpn",
+        recipe="sliced training", against="fpn",
+        what="fpn trained on tiles at original resolution half of the time (SAHI)"),
     Row("RoI head", "09_relation_networks", "stage two", "fpn",
               stage_two={"kind": "roi"}, against="fpn",
               what="a Fast R-CNN head on the frozen fpn's proposals"),
@@ -247,43 +255,29 @@ def train_kwargs(tech: Row, root: str | os.PathLike, *, quick: bool,
     """The ``cached_train`` keyword arguments of a single-stage technique (seed aside)."""
     b = _budget(tech.preset, quick=quick, budget=budget)
     size = input_size_of(tech.preset, root, quick=quick, budget=budget)
-    return {**b, "recipe": _recipe(tech, size)}
+    return {**b, "overrides": {**b["overrides"], **dict(tech.overrides)},
+            "recipe": _recipe(tech, size)}
 
 
 def is_cached(tech: Row, root: str | os.PathLike, *, seed: int, quick: bool,
               budget: Mapping | None = None, stage_budget: Mapping | None = None) -> bool:
     """Whether the run cache already holds ``tech``'s model for ``seed`` (nothing trains).
 
-    The key is computed as ``sodlab.engine.cache.cached_train`` computes it.
+    The key is ``sodlab.engine.experiment.plan``'s, the one ``run_technique`` trains under;
+    a second stage also needs its base.
     """
     if tech.preset is None:
         return False  # SSDlite trains in the run, every time
-    from sodlab.data.coco import load_coco
-    from sodlab.detector import parse_overrides
-    from sodlab.engine.cache import cached_path, data_hash_of, train_key
-    from sodlab.engine.stage_two import parse_stage_two, stage_two_budget
+    from sodlab.engine.cache import cached_path
+    from sodlab.engine.experiment import plan
+    from sodlab.engine.stage_two import stage_two_budget
 
-    root = Path(root)
-    facts = {"num_classes": len(load_coco(root / "train")["categories"]),
-             "data_hash": data_hash_of(root)}
-
-    def key(overrides, steps, batch, recipe=None, extra=None) -> str:
-        return train_key(tech.preset, root, overrides=overrides, seed=seed, max_steps=steps,
-                         batch_size=batch, recipe=recipe, extra=extra, **facts)[0]
-
-    b = _budget(tech.preset, quick=quick, budget=budget)
-    if tech.stage_two is None:
-        kw = train_kwargs(tech, root, quick=quick, budget=budget)
-        return cached_path(key(kw["overrides"], kw["max_steps"], kw["batch_size"],
-                               kw["recipe"])) is not None
-    over = parse_overrides(b["overrides"])
-    base = key(over, b["max_steps"], b["batch_size"])
-    if cached_path(base) is None:
+    p = plan(tech.technique, root, seed=seed, budget=_budget(tech.preset, quick=quick,
+                                                              budget=budget),
+             stage_budget=dict(stage_budget or stage_two_budget(quick=quick)))
+    if p["base_key"] is not None and cached_path(p["base_key"]) is None:
         return False
-    s2 = dict(stage_budget or stage_two_budget(quick=quick))
-    return cached_path(key(over, s2["max_steps"], s2["batch_size"],
-                           extra={"stage_two": parse_stage_two(tech.stage_two),
-                                  "base_key": base})) is not None
+    return cached_path(p["key"]) is not None
 
 
 def missing_models(root: str | os.PathLike, *, quick: bool,

@@ -9,8 +9,9 @@ the same run, each in a fresh subprocess (so its memory peak is its own):
   channels-last where the CPU has AVX-512-BF16/AMX); ``*_fp32`` the fp32 NCHW path,
   alternating with it in chunks of steps; ``*_e2e`` the same with the engine's data
   loading included; ``fast_vs_fp32(_e2e)`` their ratios (the target: >= 2x for ``fpn``);
-- ``step_breakdown_ms``: one fast-path step taken apart (backbone, neck, head forward; the
-  loss with matching; backward; optimizer; loading a batch) — the profile of what is left;
+- ``step_breakdown_ms``: one fast-path ``train_step`` taken apart (backbone, neck, head
+  forward; the loss with matching; the rest of the forward; the finite-loss check;
+  backward; gradient clipping; optimizer; loading a batch) — the profile of what is left;
 - ``macs_per_image`` (one eval forward) and ``train_gflops_per_s`` (forward + backward
   FLOPs per image x images/s), so the distance to the CPU's peak is on the page;
 - ``vga_ms_1t`` / ``vga_ms_2t``: median eval-mode forward + post-processing time of one
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,20 +94,15 @@ def count_flops(model: torch.nn.Module, batch, *, train: bool) -> float:
     return float(counter.get_total_flops())
 
 
-def step_breakdown(model: torch.nn.Module, batches: list, optimizer, *, precision: str,
-                   ds=None, batch_size: int = 8) -> dict[str, float]:
-    """Where one training step's time goes, in ms per step (mean over ``batches``).
+FORWARD_PARTS = ("backbone", "neck", "head", "loss")
 
-    Forward hooks time the detector's ``backbone``, ``neck`` and ``head``; its ``loss``
-    (matching and the losses) is timed by a wrapper; then backward and the optimizer step.
-    ``data`` (when ``ds`` is given): loading and collating one batch as the engine does.
-    """
-    from sodlab.engine.precision import autocast, prepare_images
 
-    acc = {k: 0.0 for k in ("backbone", "neck", "head", "loss", "backward", "optimizer")}
+def _time_forward_parts(model: torch.nn.Module, acc: dict[str, float]) -> Callable[[], None]:
+    """Add the seconds of the detector's ``backbone``, ``neck`` and ``head`` forwards (hooks)
+    and of its ``loss`` (a wrapper) to ``acc``; returns the function that undoes it."""
     starts: dict[str, float] = {}
     handles = []
-    for name in ("backbone", "neck", "head"):
+    for name in FORWARD_PARTS[:3]:
         mod = getattr(model, name, None)
         if mod is None:
             continue
@@ -121,24 +118,42 @@ def step_breakdown(model: torch.nn.Module, batches: list, optimizer, *, precisio
         out = inner(*a, **k)
         acc["loss"] += time.perf_counter() - t0
         return out
+
     model.loss = timed_loss
-    model.train()
-    try:
-        for images, targets in batches:
-            images = prepare_images(images, precision)
-            with autocast(precision):
-                loss = model(images, targets)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            loss.backward()
-            t1 = time.perf_counter()
-            optimizer.step()
-            acc["backward"] += t1 - t0
-            acc["optimizer"] += time.perf_counter() - t1
-    finally:
+
+    def undo() -> None:
         del model.loss
         for h in handles:
             h.remove()
+
+    return undo
+
+
+def step_breakdown(model: torch.nn.Module, batches: list, optimizer, *, precision: str,
+                   ds=None, batch_size: int = 8) -> dict[str, float]:
+    """Where one training step's time goes, in ms per step (mean over ``batches``).
+
+    Each step is ``sodlab.engine.train.train_step`` itself, which reports its phases
+    (``timings``): ``check`` (the finite-loss check), ``backward``, ``clip`` (gradient
+    clipping at its default norm) and ``optimizer``. Its forward phase is taken apart:
+    forward hooks time the detector's ``backbone``, ``neck`` and ``head``, a wrapper its
+    ``loss`` (matching and the losses), and ``forward_other`` is the rest (inputs to the
+    precision, anchors, the model's own glue); the parts add up to the whole step.
+    ``data`` (when ``ds`` is given): loading and collating one batch as the engine does.
+    """
+    from sodlab.engine.train import train_step
+
+    acc = dict.fromkeys(FORWARD_PARTS, 0.0)
+    phases: dict[str, float] = {}
+    undo = _time_forward_parts(model, acc)
+    model.train()
+    try:
+        for batch in batches:
+            train_step(model, batch, optimizer, precision=precision, timings=phases)
+    finally:
+        undo()
+    acc["forward_other"] = phases["forward"] - sum(acc[k] for k in FORWARD_PARTS)
+    acc.update((k, phases[k]) for k in ("check", "backward", "clip", "optimizer"))
     out = {k: 1000.0 * v / len(batches) for k, v in acc.items()}
     if ds is not None:
         t0 = time.perf_counter()
@@ -147,35 +162,9 @@ def step_breakdown(model: torch.nn.Module, batches: list, optimizer, *, precisio
     return out
 
 
-def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10,
-                   warmup: int = 2, repeats: int = 5, batch_size: int = 8,
-                   seed: int = 0, precision: str = "auto") -> dict:
-    """Speed and memory of one preset in THIS process (run it in a fresh one).
-
-    Training is timed for the fp32 NCHW reference path and for ``precision`` (``auto``: the
-    fast path where the CPU has it) side by side, alternating chunks of steps, twice: on
-    batches prepared in memory (compute only) and end to end through the engine's dataset
-    (decoding, resizing, flips and collation included, as ``sodlab train`` runs).
-    """
-    from sodlab.detector import build_detector, make_config
-    from sodlab.engine.precision import prepare_model, resolve_precision
-    from sodlab.engine.train import TrainConfig, build_optimizer, train_step
-
-    root = Path(data_root)
-    threads = torch.get_num_threads()
-    fast = resolve_precision(precision)
-    from sodlab.data.dataset import DetectionDataset
-
-    cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes)
-    ds = _train_dataset(root, cfg.input_size, seed)
-    models = {}
-    for prec in dict.fromkeys(["fp32", fast]):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            models[prec] = prepare_model(build_detector(cfg), prec)
+def _vga_latencies(models: dict, fast: str, seed: int, repeats: int):
+    """VGA latency (ms) on 1 and 2 threads of the fp32 model and of the ``fast`` one."""
     model = models["fp32"]
-    n_params = sum(p.numel() for p in model.parameters())
-    rss0 = _maxrss_mb()
     model.eval()
     vga = torch.rand(1, 3, 480, 640, generator=torch.Generator().manual_seed(seed))
     lat = {t: vga_latency_ms(model, vga, threads=t, repeats=repeats) for t in (1, 2)}
@@ -184,11 +173,16 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
         models[fast].eval()
         lat_fast = {t: vga_latency_ms(in_precision(models[fast], fast), vga, threads=t,
                                       repeats=repeats) for t in (1, 2)}
-    rss_infer = _maxrss_mb()
-    batches = _train_batches(ds, batch_size, warmup + steps, seed)
-    macs_img = count_flops(model, (batches[0][0][:1], batches[0][1][:1]), train=False) / 2
-    train_flops_img = count_flops(model, batches[0], train=True) / batch_size
-    opts = {p: build_optimizer(m, TrainConfig(lr=1e-4)) for p, m in models.items()}
+    return lat, lat_fast
+
+
+def _timed_training(models: dict, opts: dict, batches: list, ds, *, warmup: int, steps: int,
+                    batch_size: int, seed: int) -> tuple[dict, dict]:
+    """Seconds of ``steps`` ``train_step`` calls per precision, alternating chunks of steps:
+    on the in-memory ``batches`` (compute only) and end to end (batches loaded and collated
+    from ``ds`` as the engine does), after ``warmup`` steps on each model."""
+    from sodlab.engine.train import train_step
+
     for m in models.values():
         m.train()
     compute = {p: 0.0 for p in models}
@@ -209,6 +203,45 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
                                     start=c0):
                 train_step(models[p], b, opts[p], precision=p)
             e2e[p] += time.perf_counter() - t0
+    return compute, e2e
+
+
+def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10,
+                   warmup: int = 2, repeats: int = 5, batch_size: int = 8,
+                   seed: int = 0, precision: str = "auto") -> dict:
+    """Speed and memory of one preset in THIS process (run it in a fresh one).
+
+    Training is timed for the fp32 NCHW reference path and for ``precision`` (``auto``: the
+    fast path where the CPU has it) side by side, alternating chunks of steps, twice: on
+    batches prepared in memory (compute only) and end to end through the engine's dataset
+    (decoding, resizing, flips and collation included, as ``sodlab train`` runs).
+    """
+    from sodlab.data.dataset import DetectionDataset
+    from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
+    from sodlab.engine.train import TrainConfig, build_optimizer
+
+    root = Path(data_root)
+    threads = torch.get_num_threads()
+    fast = resolve_precision(precision)
+    cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes)
+    ds = _train_dataset(root, cfg.input_size, seed)
+    models = {}
+    for prec in dict.fromkeys(["fp32", fast]):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models[prec] = prepare_model(build_detector(cfg), prec)
+    model = models["fp32"]
+    n_params = sum(p.numel() for p in model.parameters())
+    rss0 = _maxrss_mb()
+    lat, lat_fast = _vga_latencies(models, fast, seed, repeats)
+    rss_infer = _maxrss_mb()
+    batches = _train_batches(ds, batch_size, warmup + steps, seed)
+    macs_img = count_flops(model, (batches[0][0][:1], batches[0][1][:1]), train=False) / 2
+    train_flops_img = count_flops(model, batches[0], train=True) / batch_size
+    opts = {p: build_optimizer(m, TrainConfig(lr=1e-4)) for p, m in models.items()}
+    compute, e2e = _timed_training(models, opts, batches, ds, warmup=warmup, steps=steps,
+                                   batch_size=batch_size, seed=seed)
     breakdown = step_breakdown(models[fast], batches[warmup:warmup + min(steps, 3)], opts[fast],
                                precision=fast, ds=ds, batch_size=batch_size)
     rss_train = _maxrss_mb()

@@ -153,6 +153,53 @@ def _suite_options(args) -> dict:
     return opts
 
 
+def _reference(args):
+    """``(path, loaded reference or None)`` of the regression check's reference."""
+    from pathlib import Path
+
+    from sodlab.errors import InputError
+    from sodlab.files import repo_root
+
+    ref_path = Path(args.reference) if args.reference else \
+        repo_root() / "results" / "bench_reference.json"
+    reference = None
+    if ref_path.is_file():
+        from sodlab.bench.page import load_bench
+
+        reference = load_bench(ref_path)
+    elif args.reference and not args.update_reference:
+        raise InputError(f"--reference {ref_path}: no such file")
+    return ref_path, reference
+
+
+def _show(name: str, result: dict | None, note: str | None) -> None:
+    """Print one benchmark's result (or why it has none) as it finishes."""
+    if result is None:
+        print(f"\n{name}: {note}", flush=True)
+    elif name == "suite":
+        print(f"\n{name}\n{_suite_table(result)}", flush=True)
+    else:
+        print(f"\n{name}\n{_table(result)}", flush=True)
+
+
+def _update_reference(suite: dict | None, ref_path, *, quick: bool) -> None:
+    """Rewrite the reference from this run's suite, unless it did not run or failed."""
+    from sodlab.files import write_json
+
+    if suite is None:
+        print("the suite did not run: the reference is unchanged", file=sys.stderr)
+    elif suite.get("failed"):
+        print(f"{len(suite['failed'])} technique(s) failed: the reference is unchanged "
+              "(a reference holds a complete run)", file=sys.stderr)
+    else:
+        if quick:
+            print("note: a quick-mode reference checks quick runs only; the committed "
+                  "reference should come from a full run (--full)", file=sys.stderr)
+        write_json(ref_path, {"benchmarks": {"suite": suite},
+                              "provenance": suite.get("provenance")})
+        print(f"updated the reference {ref_path}")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -161,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     from sodlab.bench import BENCHMARKS, run_benchmarks
     from sodlab.bench.page import suite_of, write_page
     from sodlab.errors import InputError
-    from sodlab.files import repo_root, write_json
+    from sodlab.files import write_json
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     names = only or list(BENCHMARKS)
@@ -172,27 +219,10 @@ def run(args: argparse.Namespace) -> int:
                          "add it to --only")
     if args.update_reference and "suite" not in names:
         raise InputError("--update-reference needs the suite: add it to --only")
-    ref_path = Path(args.reference) if args.reference else \
-        repo_root() / "results" / "bench_reference.json"
-    reference = None
-    if ref_path.is_file():
-        from sodlab.bench.page import load_bench
-
-        reference = load_bench(ref_path)
-    elif args.reference and not args.update_reference:
-        raise InputError(f"--reference {ref_path}: no such file")
+    ref_path, reference = _reference(args)
     print(f"benchmarks: {', '.join(names)} ({'quick' if args.quick else 'full'}, "
           f"{torch.get_num_threads()} threads)", flush=True)
-
-    def show(name, result, note) -> None:
-        if result is None:
-            print(f"\n{name}: {note}", flush=True)
-        elif name == "suite":
-            print(f"\n{name}\n{_suite_table(result)}", flush=True)
-        else:
-            print(f"\n{name}\n{_table(result)}", flush=True)
-
-    out = run_benchmarks(quick=args.quick, only=only, progress=progress, on_result=show,
+    out = run_benchmarks(quick=args.quick, only=only, progress=progress, on_result=_show,
                          data_root=args.data, options=options)
     write_json(args.out, out)
     paths = write_page(out, Path(args.out).parent, reference=reference,
@@ -201,18 +231,7 @@ def run(args: argparse.Namespace) -> int:
                                                    else ""))
     suite = suite_of(out)
     if args.update_reference:
-        if suite is None:
-            print("the suite did not run: the reference is unchanged", file=sys.stderr)
-        elif suite.get("failed"):
-            print(f"{len(suite['failed'])} technique(s) failed: the reference is unchanged "
-                  "(a reference holds a complete run)", file=sys.stderr)
-        else:
-            if args.quick:
-                print("note: a quick-mode reference checks quick runs only; the committed "
-                      "reference should come from a full run (--full)", file=sys.stderr)
-            write_json(ref_path, {"benchmarks": {"suite": suite},
-                                  "provenance": suite.get("provenance")})
-            print(f"updated the reference {ref_path}")
+        _update_reference(suite, ref_path, quick=args.quick)
     from sodlab.bench.notebooks import refresh_index
 
     if Path(args.out).name == "bench.json":

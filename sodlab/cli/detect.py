@@ -52,6 +52,66 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _ids_from_ann(ann: str, images: str, files: list, base, cat_ids) -> dict:
+    """``{image file: image id}`` of the ``files`` (found under ``images``) that the COCO file
+    ``ann`` lists, matched by ``file_name`` relative to ``base``, else by a unique base name;
+    warns on stderr about the images and the checkpoint's categories it lacks."""
+    from pathlib import Path
+
+    from sodlab.data.coco import load_coco
+    from sodlab.errors import InputError
+
+    coco = load_coco(ann)
+    by_name = {im["file_name"]: int(im["id"]) for im in coco["images"]}
+    by_base: dict[str, list[int]] = {}
+    for im in coco["images"]:
+        by_base.setdefault(Path(im["file_name"]).name, []).append(int(im["id"]))
+    ids = {}
+    for f in files:
+        rel = f.relative_to(base).as_posix()
+        if rel in by_name:
+            ids[f] = by_name[rel]
+        elif len(by_base.get(f.name, [])) == 1:
+            ids[f] = by_base[f.name][0]
+    skipped = len(files) - len(ids)
+    if not ids:
+        raise InputError(f"{ann}: none of the {len(files)} images under {images} "
+                         "is listed in it (file_name relative to the images folder)")
+    if skipped:
+        print(f"sodlab detect: {skipped} image(s) not in {ann} skipped", file=sys.stderr)
+    missing = set(cat_ids) - {int(c["id"]) for c in coco.get("categories", [])}
+    if missing:
+        print(f"sodlab detect: warning: category ids {sorted(missing)} of the checkpoint "
+              f"are not in {ann}", file=sys.stderr)
+    return ids
+
+
+def _write_wider(out_dir: str, f, base, dets: list[dict]) -> None:
+    """One image's detections in WIDER's layout (the event is the image's folder)."""
+    from pathlib import Path
+
+    from sodlab.metrics.wider import write_wider_image
+
+    rel = f.relative_to(base)
+    name = rel.as_posix() if rel.parent != Path(".") else f"{base.name}/{rel.name}"
+    write_wider_image(out_dir, name, [d["bbox"] for d in dets], [d["score"] for d in dets])
+
+
+def _draw(viz_dir: str, f, base, image, out: dict, thresh: float) -> None:
+    """A PNG of ``image`` with its detections of score >= ``thresh`` under ``viz_dir``."""
+    from pathlib import Path
+
+    from sodlab.engine.predict import draw_detections
+    from sodlab.files import atomic_write
+
+    keep = out["scores"] >= thresh
+    pil = draw_detections(image, out["boxes"][keep], out["scores"][keep])
+    dest = Path(viz_dir) / (f.relative_to(base).with_suffix("").as_posix() + ".png")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dest, "wb") as fh:
+        pil.save(fh, format="PNG")
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -59,38 +119,15 @@ def run(args) -> int:
 
     from sodlab.data.coco import to_coco_results
     from sodlab.engine import load_detector
-    from sodlab.engine.predict import as_image, draw_detections, list_images
+    from sodlab.engine.predict import as_image, list_images
     from sodlab.errors import InputError
     from sodlab.files import write_json
 
     pred = load_detector(args.checkpoint, device=args.device)
     files = list_images(args.images)
     base = Path(args.images) if Path(args.images).is_dir() else Path(args.images).parent
-    ids: dict[Path, int] = {}
     if args.ann:
-        from sodlab.data.coco import load_coco
-
-        coco = load_coco(args.ann)
-        by_name = {im["file_name"]: int(im["id"]) for im in coco["images"]}
-        by_base: dict[str, list[int]] = {}
-        for im in coco["images"]:
-            by_base.setdefault(Path(im["file_name"]).name, []).append(int(im["id"]))
-        for f in files:
-            rel = f.relative_to(base).as_posix()
-            if rel in by_name:
-                ids[f] = by_name[rel]
-            elif len(by_base.get(f.name, [])) == 1:
-                ids[f] = by_base[f.name][0]
-        skipped = len(files) - len(ids)
-        if not ids:
-            raise InputError(f"{args.ann}: none of the {len(files)} images under {args.images} "
-                             "is listed in it (file_name relative to the images folder)")
-        if skipped:
-            print(f"sodlab detect: {skipped} image(s) not in {args.ann} skipped", file=sys.stderr)
-        missing = set(pred.cat_ids) - {int(c["id"]) for c in coco.get("categories", [])}
-        if missing:
-            print(f"sodlab detect: warning: category ids {sorted(missing)} of the checkpoint "
-                  f"are not in {args.ann}", file=sys.stderr)
+        ids = _ids_from_ann(args.ann, args.images, files, base, pred.cat_ids)
         files = [f for f in files if f in ids]
     else:
         ids = {f: i + 1 for i, f in enumerate(files)}
@@ -106,23 +143,10 @@ def run(args) -> int:
             if not args.ann:
                 d["file_name"] = f.relative_to(base).as_posix()
             dets.append(d)
-        if wider:  # same rounded numbers as the JSON; the event is the image's folder
-            from sodlab.metrics.wider import write_wider_image
-
-            rel = f.relative_to(base)
-            name = rel.as_posix() if rel.parent != Path(".") else f"{base.name}/{rel.name}"
-            mine = dets[n_before:]
-            write_wider_image(args.out, name, [d["bbox"] for d in mine],
-                              [d["score"] for d in mine])
+        if wider:  # same rounded numbers as the JSON
+            _write_wider(args.out, f, base, dets[n_before:])
         if args.viz:
-            keep = out["scores"] >= args.viz_thresh
-            pil = draw_detections(image, out["boxes"][keep], out["scores"][keep])
-            dest = Path(args.viz) / (f.relative_to(base).with_suffix("").as_posix() + ".png")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            from sodlab.files import atomic_write
-
-            with atomic_write(dest, "wb") as fh:
-                pil.save(fh, format="PNG")
+            _draw(args.viz, f, base, image, out, args.viz_thresh)
     if not wider:
         write_json(args.out, dets, indent=None)
     print(f"{len(dets)} detections on {len(files)} images -> {args.out}"

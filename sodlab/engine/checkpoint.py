@@ -81,14 +81,17 @@ def build_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", *,
                           build_model=None) -> torch.nn.Module:
     """Rebuild the detector of a checkpoint dict and load its weights (eval mode).
 
-    ``build_model(config)``: how to rebuild a model ``build_detector`` does not make.
+    A single-shot checkpoint is rebuilt by ``build_detector``; a stage-two one (its
+    ``train.extra`` records a spec, ``sodlab.engine.stage_two_spec``) as its base wrapped in
+    the second stage the spec describes. ``build_model(config)``: how to rebuild a model
+    neither makes (the run was trained with one).
     """
     from sodlab.detector import build_detector, config_from_dict
 
     cfg = config_from_dict(upgrade_config(ckpt))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = (build_model or build_detector)(cfg)
+        model = (build_model or _builder_of(ckpt) or build_detector)(cfg)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 
@@ -101,3 +104,19 @@ def upgrade_config(ckpt: dict) -> dict:
         scale = float(cfg.get("anchor_scale", 1.0)) or 1.0
         cfg["anchor_sizes"] = [[float(v) / scale for v in sz] for sz in cfg["anchor_sizes"]]
     return cfg
+
+
+def _builder_of(ckpt: dict):
+    """``build(config)`` of a stage-two checkpoint's model, or None for a single-shot one."""
+    from sodlab.engine.stage_two_spec import build_stage_two, stage_two_of
+
+    spec = stage_two_of(ckpt)
+    if spec is None:
+        return None
+
+    def build(cfg):
+        from sodlab.detector import build_detector
+
+        return build_stage_two(build_detector(cfg), spec, num_classes=cfg.num_classes)
+
+    return build

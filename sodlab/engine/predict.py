@@ -256,17 +256,24 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "cpu", *,
 
     ``build_model(config)`` rebuilds a model that ``sodlab.detector.build_detector`` does not
     (the run was trained with one); its weights are then loaded from the checkpoint. A
-    stage-two checkpoint (``sodlab.engine.stage_two``) is rebuilt with its base, so
-    ``sodlab detect`` and ``sodlab eval`` read both kinds.
+    stage-two checkpoint (``sodlab.engine.stage_two``) is rebuilt with its base
+    (``sodlab.engine.checkpoint.build_from_checkpoint``), so ``sodlab detect`` and ``sodlab
+    eval`` read both kinds.
     """
-    from sodlab.engine.checkpoint import build_from_checkpoint, load_checkpoint
-    from sodlab.engine.stage_two import load_stage_two, stage_two_of
+    from sodlab.engine.checkpoint import load_checkpoint
+
+    return predictor_from_checkpoint(load_checkpoint(checkpoint), device,
+                                     build_model=build_model)
+
+
+def predictor_from_checkpoint(ckpt: dict, device: str = "cpu", *,
+                              build_model=None) -> Predictor:
+    """A ``Predictor`` from a checkpoint dict that ``load_checkpoint`` read (``device``
+    ``"auto"``: CUDA where available)."""
+    from sodlab.engine.checkpoint import build_from_checkpoint
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    ckpt = load_checkpoint(checkpoint)
-    if build_model is None and stage_two_of(ckpt) is not None:  # a second stage: rebuild both
-        return load_stage_two(checkpoint, device=device)
     model = build_from_checkpoint(ckpt, device, build_model=build_model)
     return Predictor(model, input_size=ckpt["config"]["input_size"], cat_ids=ckpt["cat_ids"],
                      categories=ckpt.get("categories", ()), config=ckpt["config"])

@@ -2,23 +2,9 @@
 
 Layer L4. A stage two is a ``sodlab.models.roi_head.TwoStageDetector``: the trained base
 detector, frozen, proposes its top-k boxes and a RoI head refines them. What the head is
-comes from a **spec**, a plain JSON dict that is part of the run-cache key (so it must
-name everything that makes two second stages differ). Keys, with their defaults:
-
-- every kind: ``proposals`` 100 (the base's top-k boxes per image), ``proposal_thresh``
-  0.01 (the base's score threshold while it proposes; its own default 0.05 lets few boxes
-  through after a short training), ``fc`` 256 (FC width), ``pool`` 7 (RoI side).
-- ``{"kind": "roi"}``: a Fast R-CNN head; ``relation`` 0 (relation modules after each FC
-  layer), ``relation_heads`` 16, ``learned_nms`` false (Relation Networks, notebook 09).
-- ``{"kind": "pgan"}``: the Perceptual GAN head of ``sodlab.models.gan`` (notebook 07);
-  ``adversarial`` true (false: the capacity control, the generator trained by the
-  perception loss only), ``blocks`` 3 (residual blocks of the generator),
-  ``collapse_patience`` 100 (discriminator steps at accuracy 0 or 1 before training
-  stops; 0: never).
-
-``parse_stage_two`` fills the defaults, so ``{"kind": "roi"}`` and ``{"kind": "roi",
-"relation": 0}`` are one cache entry; an unknown kind or key, or a value of the wrong
-type, is an ``InputError``.
+comes from a **spec**, a plain JSON dict that is part of the run-cache key; its keys and
+defaults, ``parse_stage_two``, ``build_stage_two`` and ``stage_two_of`` are those of
+``sodlab.engine.stage_two_spec`` (re-exported here).
 
 One engine: ``cached_stage_two`` gets the base from ``cached_train(preset, ...)`` with the
 shared budget (``standard_budget``), then trains the second stage with the same
@@ -26,10 +12,11 @@ shared budget (``standard_budget``), then trains the second stage with the same
 base's cache key), so the same ``train_step`` trains both and every result lands in one
 cache. ``train_stage_two`` does the same from a base checkpoint file (``sodlab train
 --base BASE/best.pt --stage-two JSON``). A stage-two checkpoint holds the base's weights
-too; ``load_stage_two`` rebuilds the whole detector from it, and evaluation goes through
-the one inference path (``sodlab.engine.predict.detect_batch``). ``roi_features`` gives the
-pooled features of a split's small and large objects, and the small ones enhanced, for
-looking at what a second stage's generator does (notebook 07).
+too; ``load_stage_two`` rebuilds the whole detector from it (as ``load_detector`` does for
+any checkpoint), and evaluation goes through the one inference path
+(``sodlab.engine.predict.detect_batch``). ``roi_features`` gives the pooled features of a
+split's small and large objects, and the small ones enhanced, for looking at what a second
+stage's generator does (notebook 07).
 
 Shapes: images ``[B, 3, Hp, Wp]``; proposals per image ``[N_b, 4]`` xyxy input pixels.
 Dimension legend: B images, N_b proposals of image b, Hp x Wp padded input size.
@@ -38,24 +25,18 @@ Dimension legend: B images, N_b proposals of image b, Hp x Wp padded input size.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sodlab.engine.stage_two_spec import (
+    SPEC_DEFAULTS,
+    build_stage_two,
+    parse_stage_two,
+    stage_two_of,
+)
 from sodlab.errors import InputError
-
-_COMMON = {"proposals": 100, "proposal_thresh": 0.01, "fc": 256, "pool": 7}
-SPEC_DEFAULTS: dict[str, dict] = {
-    "roi": {**_COMMON, "relation": 0, "relation_heads": 16, "learned_nms": False},
-    "pgan": {**_COMMON, "adversarial": True, "blocks": 3, "collapse_patience": 100},
-}
-# Integers >= 0 unless listed in _POSITIVE; floats in [0, 1); booleans.
-_POSITIVE = {"proposals", "fc", "pool", "relation_heads"}
-_FLOATS = {"proposal_thresh"}
-_BOOLS = {"learned_nms", "adversarial"}
 
 # The second stage's own budget (steps x batch at the base's input size), shared by the
 # notebooks on two-stage refinement (07, 09) so their common runs hit one cache entry.
@@ -66,79 +47,6 @@ STAGE_TWO_FULL = {"max_steps": 200, "batch_size": 8}
 def stage_two_budget(*, quick: bool) -> dict:
     """``{"max_steps", "batch_size"}`` of a second stage in quick or full mode."""
     return dict(STAGE_TWO_QUICK if quick else STAGE_TWO_FULL)
-
-
-def parse_stage_two(spec: dict | str) -> dict:
-    """A validated spec with every default filled in (a JSON string is parsed first)."""
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError as exc:
-            raise InputError(f"stage-two spec {spec!r}: not JSON ({exc})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"stage-two spec: expected a JSON object, got {spec!r}")
-    kind = spec.get("kind")
-    if kind not in SPEC_DEFAULTS:
-        raise InputError(f"stage-two spec {spec!r}: 'kind' must be one of "
-                         f"{sorted(SPEC_DEFAULTS)}")
-    defaults = SPEC_DEFAULTS[kind]
-    unknown = set(spec) - set(defaults) - {"kind"}
-    if unknown:
-        raise InputError(f"stage-two spec: unknown keys {sorted(unknown)} for kind {kind!r}; "
-                         f"valid: {sorted(defaults)}")
-    out = {"kind": kind, **defaults}
-    for key, value in spec.items():
-        if key == "kind":
-            continue
-        if key in _BOOLS:
-            ok = isinstance(value, bool)
-        elif key in _FLOATS:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                0.0 <= value < 1.0
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and \
-                value >= (1 if key in _POSITIVE else 0)
-        if not ok:
-            want = ("true or false" if key in _BOOLS else "a number in [0, 1)" if key in _FLOATS
-                    else "an integer >= 1" if key in _POSITIVE else "an integer >= 0")
-            raise InputError(f"stage-two spec: {key!r} must be {want}, got {value!r}")
-        out[key] = value
-    return out
-
-
-def build_stage_two(base_model, spec: dict | str, *, num_classes: int):
-    """A ``TwoStageDetector`` around ``base_model`` (frozen) with the head the spec names.
-
-    ``base_model``: a trained single-shot ``sodlab.detector.Detector``; its config is
-    replaced by a copy with ``score_thresh = spec["proposal_thresh"]`` (the caller's config
-    object is not changed). The head's weights come from the current torch RNG.
-    """
-    from sodlab.models.roi_head import RoIHead, TwoStageDetector
-
-    spec = parse_stage_two(spec)
-    base_model.cfg = dataclasses.replace(base_model.cfg, score_thresh=spec["proposal_thresh"])
-    width = int(base_model.cfg.width)
-    if spec["kind"] == "roi":
-        head = RoIHead(width, num_classes, pool=spec["pool"], fc=spec["fc"],
-                       relation=spec["relation"], relation_heads=spec["relation_heads"],
-                       learned_nms=spec["learned_nms"])
-    else:
-        from sodlab.models.gan import PerceptualGANHead
-
-        head = PerceptualGANHead(width, num_classes, pool=spec["pool"], fc=spec["fc"],
-                                 blocks=spec["blocks"], adversarial=spec["adversarial"],
-                                 collapse_patience=spec["collapse_patience"])
-    model = TwoStageDetector(base_model, head, proposals=spec["proposals"], freeze_base=True)
-    model.stage_two_spec = spec
-    return model
-
-
-def stage_two_of(ckpt: dict) -> dict | None:
-    """The spec a checkpoint dict was trained with, or None for a single-shot checkpoint."""
-    extra = (ckpt.get("train") or {}).get("extra") or {}
-    spec = extra.get("stage_two")
-    return parse_stage_two(spec) if spec is not None else None
 
 
 def _base_checkpoint(path: str | os.PathLike) -> dict:
@@ -284,26 +192,14 @@ def load_stage_two(checkpoint: str | os.PathLike, device: str = "cpu"):
     The base and the head are rebuilt from what the checkpoint records (config, spec,
     weights of both); a single-shot checkpoint is refused (``load_detector`` reads those).
     """
-    from sodlab.detector import build_detector
-    from sodlab.engine.checkpoint import build_from_checkpoint, load_checkpoint
-    from sodlab.engine.predict import Predictor
+    from sodlab.engine.checkpoint import load_checkpoint
+    from sodlab.engine.predict import predictor_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    spec = stage_two_of(ckpt)
-    if spec is None:
+    if stage_two_of(ckpt) is None:
         raise InputError(f"{checkpoint}: a single-shot detector's checkpoint, not a stage-two "
                          f"one; load it with sodlab.engine.load_detector")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def build(cfg):
-        return build_stage_two(build_detector(cfg), spec, num_classes=cfg.num_classes)
-
-    model = build_from_checkpoint(ckpt, device, build_model=build)
-    return Predictor(model, input_size=ckpt["config"]["input_size"], cat_ids=ckpt["cat_ids"],
-                     categories=ckpt.get("categories", ()), config=ckpt["config"])
+    return predictor_from_checkpoint(ckpt, device)
 
 
 def roi_features(model, split_dir: str | os.PathLike, *, input_size: int,

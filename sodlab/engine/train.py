@@ -278,17 +278,38 @@ def _to_device(target: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
 
 
+def _phase_clock(timings: dict[str, float] | None) -> Callable[[str], None]:
+    """``tick(phase)`` adds the seconds since the previous tick to ``timings[phase]``; a
+    no-op when ``timings`` is None."""
+    if timings is None:
+        return lambda phase: None
+    last = [time.perf_counter()]
+
+    def tick(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - last[0]
+        last[0] = now
+
+    return tick
+
+
 def train_step(model: torch.nn.Module, batch: tuple[torch.Tensor, list[dict]],
                optimizer: torch.optim.Optimizer, *, precision: str = "fp32",
                grad_clip: float | None = 10.0, lr: float | None = None,
-               device: torch.device | str | None = None, step: int = 0) -> dict[str, float]:
+               device: torch.device | str | None = None, step: int = 0,
+               timings: dict[str, float] | None = None) -> dict[str, float]:
     """One optimizer step on ``batch = (images [B, 3, Hp, Wp], targets)``; the losses as floats.
 
     ``precision``: a resolved precision (``"bf16"`` or ``"fp32"``, see
     ``sodlab.engine.precision``). ``lr``: set on every parameter group first. The model must
     return a dict with a scalar ``"loss"`` in training mode. A non-finite loss raises
     ``TrainingDiverged`` before any weight changes (under DDP, on every rank alike).
+    ``timings``: if given, the seconds of each phase are added to it: ``forward`` (inputs
+    to the device and precision, the model's forward with its loss), ``check`` (the
+    finiteness check), ``backward`` (zeroing the gradients and backward), ``clip`` and
+    ``optimizer`` (the profile of ``sodlab.bench.train_speed.step_breakdown``).
     """
+    tick = _phase_clock(timings)
     images, targets = batch
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     images = prepare_images(images.to(dev), precision)  # [B, 3, Hp, Wp]
@@ -299,6 +320,7 @@ def train_step(model: torch.nn.Module, batch: tuple[torch.Tensor, list[dict]],
     with autocast(precision, dev):
         losses = model(images, targets)
     loss = losses["loss"]
+    tick("forward")
     ok = torch.isfinite(loss.detach()).float().reshape(1)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
@@ -306,12 +328,16 @@ def train_step(model: torch.nn.Module, batch: tuple[torch.Tensor, list[dict]],
         raise TrainingDiverged(
             f"loss became {loss.item()} at step {step + 1}; lower the learning rate (now "
             f"{optimizer.param_groups[0]['lr']:g}) or check the data")
+    tick("check")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    tick("backward")
     if grad_clip:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                        grad_clip)
+    tick("clip")
     optimizer.step()
+    tick("optimizer")
     return {k: float(v.detach()) for k, v in losses.items()
             if isinstance(v, torch.Tensor) and v.numel() == 1}
 

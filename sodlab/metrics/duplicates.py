@@ -126,6 +126,49 @@ def image_duplicates(faces: torch.Tensor, groups: torch.Tensor, det_boxes: torch
             "neighbour_overlaps": int((same & (face_iou > overlap)).sum()) // 2}
 
 
+_IMAGE_KEYS = ("faces", "group_faces", "duplicates", "group_duplicates", "group_missed",
+               "missed_in_groups", "missed_neighbours", "neighbour_overlaps")
+
+
+def _check_duplicate_arguments(gt: dict, iou: float, per_face: float | None) -> None:
+    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
+        raise InputError("duplicate_stats: gt must be a COCO dict with 'images' and "
+                         "'annotations' (sodlab.data.coco.load_coco)")
+    if not 0.0 < iou <= 1.0:
+        raise InputError(f"duplicate_stats: iou must be in (0, 1], got {iou}")
+    if per_face is not None and not per_face >= 0:
+        raise InputError(f"duplicate_stats: per_face must be >= 0, got {per_face}")
+
+
+def _image_counts(image_id: int, anns: list[dict], dets: list[dict], *, iou: float,
+                  score_thresh: float, per_face: float | None, overlap: float) -> dict:
+    """``image_duplicates`` of one image's non-crowd faces and its kept detections."""
+    anns = [a for a in anns if not a.get("iscrowd", 0)]
+    kept = [d for d in dets if float(d["score"]) >= score_thresh]
+    if per_face is not None:
+        kept = sorted(kept, key=lambda d: -float(d["score"]))  # stable: ties keep order
+        kept = kept[:math.ceil(per_face * len(anns) - 1e-9)]
+    groups = torch.tensor([_group_id(a) for a in anns], dtype=torch.long)  # [F]
+    return image_duplicates(
+        _xyxy(anns, f"image {image_id} annotations"), groups,
+        _xyxy(kept, f"image {image_id} detections"),
+        face_labels=torch.tensor([int(a["category_id"]) for a in anns]),
+        det_labels=torch.tensor([int(d["category_id"]) for d in kept]),
+        iou=iou, overlap=overlap)
+
+
+def _duplicate_rates(total: dict, crowded: int, images: int) -> dict:
+    """The per-image rates of ``duplicate_stats`` (-1 over nothing)."""
+    def rate(x: int, n: int) -> float:
+        return x / n if n else EMPTY
+
+    return {"duplicates_per_image": rate(total["group_duplicates"], crowded),
+            "missed_neighbours_per_image": rate(total["missed_neighbours"], crowded),
+            "duplicates_all_per_image": rate(total["duplicates"], images),
+            "recall_groups": rate(total["group_faces"] - total["group_missed"],
+                                  total["group_faces"])}
+
+
 def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
                     score_thresh: float = 0.0, per_face: float | None = None,
                     overlap: float = 0.0) -> dict:
@@ -145,51 +188,25 @@ def duplicate_stats(gt: dict, dets: Sequence[dict], *, iou: float = 0.5,
     """
     from sodlab.data.coco import annotations_by_image
 
-    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
-        raise InputError("duplicate_stats: gt must be a COCO dict with 'images' and "
-                         "'annotations' (sodlab.data.coco.load_coco)")
-    if not 0.0 < iou <= 1.0:
-        raise InputError(f"duplicate_stats: iou must be in (0, 1], got {iou}")
-    if per_face is not None and not per_face >= 0:
-        raise InputError(f"duplicate_stats: per_face must be >= 0, got {per_face}")
+    _check_duplicate_arguments(gt, iou, per_face)
     image_ids = [int(im["id"]) for im in gt["images"]]
-    known = set(image_ids)
     anns_by = annotations_by_image(gt)
     dets_by = annotations_by_image(list(dets))
-    unknown = sorted(set(dets_by) - known)
+    unknown = sorted(set(dets_by) - set(image_ids))
     if unknown:
         raise InputError(f"duplicate_stats: detections name image ids that the ground truth "
                          f"does not have: {unknown[:5]}")
-    keys = ("faces", "group_faces", "duplicates", "group_duplicates", "group_missed",
-            "missed_in_groups", "missed_neighbours", "neighbour_overlaps")
-    total = dict.fromkeys(keys, 0)
+    total = dict.fromkeys(_IMAGE_KEYS, 0)
     crowded = 0
     for image_id in image_ids:
-        anns = [a for a in anns_by.get(image_id, []) if not a.get("iscrowd", 0)]
-        kept = [d for d in dets_by.get(image_id, []) if float(d["score"]) >= score_thresh]
-        if per_face is not None:
-            kept = sorted(kept, key=lambda d: -float(d["score"]))  # stable: ties keep order
-            kept = kept[:math.ceil(per_face * len(anns) - 1e-9)]
-        groups = torch.tensor([_group_id(a) for a in anns], dtype=torch.long)  # [F]
-        counts = image_duplicates(
-            _xyxy(anns, f"image {image_id} annotations"), groups,
-            _xyxy(kept, f"image {image_id} detections"),
-            face_labels=torch.tensor([int(a["category_id"]) for a in anns]),
-            det_labels=torch.tensor([int(d["category_id"]) for d in kept]),
-            iou=iou, overlap=overlap)
+        counts = _image_counts(image_id, anns_by.get(image_id, []), dets_by.get(image_id, []),
+                               iou=iou, score_thresh=score_thresh, per_face=per_face,
+                               overlap=overlap)
         crowded += counts["group_faces"] > 0
-        for k in keys:
+        for k in _IMAGE_KEYS:
             total[k] += counts[k]
-
-    def rate(x: int, n: int) -> float:
-        return x / n if n else EMPTY
-
     return {**total, "images": len(image_ids), "crowded_images": int(crowded),
-            "duplicates_per_image": rate(total["group_duplicates"], crowded),
-            "missed_neighbours_per_image": rate(total["missed_neighbours"], crowded),
-            "duplicates_all_per_image": rate(total["duplicates"], len(image_ids)),
-            "recall_groups": rate(total["group_faces"] - total["group_missed"],
-                                  total["group_faces"]),
+            **_duplicate_rates(total, crowded, len(image_ids)),
             "iou": float(iou), "score_thresh": float(score_thresh),
             "per_face": None if per_face is None else float(per_face),
             "overlap": float(overlap)}
@@ -326,6 +343,29 @@ def group_attention(weights: torch.Tensor, face_of: torch.Tensor, groups: torch.
     w = _mean_heads(weights)  # [N, M]
     N, M = w.shape
     rel = w * M  # [N, M] 1 = uniform
+    classes, recv = _pair_classes(N, M, face_of, groups, identities, key_face_of)
+    out: dict = {}
+    for name, mask in classes.items():
+        m = mask & recv[:, None]
+        n = int(m.sum())
+        out[name] = float(rel[m].mean()) if n else EMPTY
+        out[f"{name} pairs"] = n
+    across = (classes["other face"] | classes["same identity"]) & recv[:, None]
+    within = out["same group"]
+    base = float(rel[across].mean()) if across.any() else 0.0
+    if within == EMPTY or not across.any():
+        out["within / across"] = EMPTY
+    elif base == 0.0:  # every across pair got weight 0 (a geometry weight ReLU'd to zero)
+        out["within / across"] = math.inf if within > 0 else EMPTY
+    else:
+        out["within / across"] = within / base
+    return out
+
+
+def _pair_classes(N: int, M: int, face_of: torch.Tensor, groups: torch.Tensor,
+                  identities: torch.Tensor | None, key_face_of: torch.Tensor | None):
+    """The (receiver, key) pair classes of ``group_attention``: ``{class: [N, M] bool}``, and
+    which RoIs receive (those on a face of a group, ``[N]``)."""
     face_of = face_of.long()
     keys = face_of if key_face_of is None else key_face_of.long()
     groups = groups.long()
@@ -335,7 +375,6 @@ def group_attention(weights: torch.Tensor, face_of: torch.Tensor, groups: torch.
         groups = torch.full((1,), -1, dtype=torch.long)
     g_n = torch.where(face_of >= 0, groups[face_of.clamp(min=0)], torch.full_like(face_of, -1))
     g_m = torch.where(keys >= 0, groups[keys.clamp(min=0)], torch.full_like(keys, -1))
-    recv = g_n >= 0  # [N]
     on_face = keys >= 0  # [M]
     same_face = (face_of[:, None] == keys[None, :]) & on_face[None, :]  # [N, M]
     same_group = ~same_face & on_face[None, :] & (g_n[:, None] == g_m[None, :])  # [N, M]
@@ -356,22 +395,7 @@ def group_attention(weights: torch.Tensor, face_of: torch.Tensor, groups: torch.
                "same identity": same_id,
                "other face": on_face[None, :] & ~same_face & ~same_group & ~same_id,
                "background": ~on_face[None, :].expand(N, M) & ~is_self}
-    out: dict = {}
-    for name, mask in classes.items():
-        m = mask & recv[:, None]
-        n = int(m.sum())
-        out[name] = float(rel[m].mean()) if n else EMPTY
-        out[f"{name} pairs"] = n
-    across = (classes["other face"] | classes["same identity"]) & recv[:, None]
-    within = out["same group"]
-    base = float(rel[across].mean()) if across.any() else 0.0
-    if within == EMPTY or not across.any():
-        out["within / across"] = EMPTY
-    elif base == 0.0:  # every across pair got weight 0 (a geometry weight ReLU'd to zero)
-        out["within / across"] = math.inf if within > 0 else EMPTY
-    else:
-        out["within / across"] = within / base
-    return out
+    return classes, g_n >= 0
 
 
 def crowded_image_ids(gt: dict, *, min_faces: int = 2) -> list[int]:

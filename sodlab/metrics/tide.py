@@ -57,42 +57,38 @@ def _iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return iou, iof
 
 
-def _image(d_box, d_cat, g_box, g_cat, c_box, c_cat, fg: float, bg: float):
-    """One image (dets sorted by score). Returns det status, det error, det target, gt flags.
+def _match(d_box, d_cat, g_box, g_cat, fg: float):
+    """Greedy matching in score order to the unused same-class object of highest IoU >= fg.
 
-    status [D]: 1 true positive, 0 false positive, -1 ignored (crowd); error [D]: code or -1;
-    target [D]: the object index an error or match refers to (-1 none); used [G], usable [G].
+    Returns status [D] (1 matched, else 0), target [D] (the matched object, else -1),
+    used [G] and the IoU [D, G], same-class [D, G] and same-class IoU [D, G] matrices.
     """
     D, G = len(d_box), len(g_box)
     status = np.zeros(D, dtype=np.int64)
-    error = np.full(D, -1, dtype=np.int64)
     target = np.full(D, -1, dtype=np.int64)
     used = np.zeros(G, dtype=bool)
-    usable = np.zeros(G, dtype=bool)
-    if G:
-        iou, _ = _iou(d_box, g_box)  # [D, G]
-        same = d_cat[:, None] == g_cat[None, :]  # [D, G]
-        cls_iou = iou * same
-        # Greedy matching in score order; only dets that can match need the loop.
-        for i in np.flatnonzero(cls_iou.max(1) >= fg):
-            row = np.where(used, 0.0, cls_iou[i])
-            j = int(row.argmax())
-            if row[j] >= fg:
-                used[j] = True
-                status[i] = 1
-                target[i] = j
-    else:
-        iou = np.zeros((D, 0))
-        same = np.zeros((D, 0), dtype=bool)
-        cls_iou = iou
-    if len(c_box):
-        _, iof = _iou(d_box, c_box)  # [D, C]
-        hit = ((iof > fg) & (d_cat[:, None] == c_cat[None, :])).any(1)
-        status[(status == 0) & hit] = -1
-    fp = status == 0
     if not G:
-        error[fp] = _BKG
-        return status, error, target, used, usable
+        iou = np.zeros((D, 0))
+        return status, target, used, iou, np.zeros((D, 0), dtype=bool), iou
+    iou, _ = _iou(d_box, g_box)  # [D, G]
+    same = d_cat[:, None] == g_cat[None, :]  # [D, G]
+    cls_iou = iou * same
+    # Only dets that can match need the loop.
+    for i in np.flatnonzero(cls_iou.max(1) >= fg):
+        row = np.where(used, 0.0, cls_iou[i])
+        j = int(row.argmax())
+        if row[j] >= fg:
+            used[j] = True
+            status[i] = 1
+            target[i] = j
+    return status, target, used, iou, same, cls_iou
+
+
+def _first_errors(fp, iou, same, cls_iou, used, target, fg: float, bg: float) -> np.ndarray:
+    """Error code [D] of each false positive ``fp`` [D] (the first type that applies; -1 for
+    the others); ``target`` [D] is set to the object each error refers to (in place)."""
+    D = len(fp)
+    error = np.full(D, -1, dtype=np.int64)
     rows = np.arange(D)
     j_cls = cls_iou.argmax(1)
     m_cls = cls_iou[rows, j_cls]
@@ -115,6 +111,27 @@ def _image(d_box, d_cat, g_box, g_cat, c_box, c_cat, fg: float, bg: float):
         if j is not None:
             target[hit] = j[hit]
         todo &= ~hit
+    return error
+
+
+def _image(d_box, d_cat, g_box, g_cat, c_box, c_cat, fg: float, bg: float):
+    """One image (dets sorted by score). Returns det status, det error, det target, gt flags.
+
+    status [D]: 1 true positive, 0 false positive, -1 ignored (crowd); error [D]: code or -1;
+    target [D]: the object index an error or match refers to (-1 none); used [G], usable [G].
+    """
+    status, target, used, iou, same, cls_iou = _match(d_box, d_cat, g_box, g_cat, fg)
+    usable = np.zeros(len(g_box), dtype=bool)
+    if len(c_box):
+        _, iof = _iou(d_box, c_box)  # [D, C]
+        hit = ((iof > fg) & (d_cat[:, None] == c_cat[None, :])).any(1)
+        status[(status == 0) & hit] = -1
+    fp = status == 0
+    if not len(g_box):
+        error = np.full(len(d_box), -1, dtype=np.int64)
+        error[fp] = _BKG
+        return status, error, target, used, usable
+    error = _first_errors(fp, iou, same, cls_iou, used, target, fg, bg)
     for code in (_LOC, _CLS):
         t = target[error == code]
         usable[t[~used[t]]] = True
@@ -151,39 +168,41 @@ def _in_buckets(area: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: float = 0.1,
-                    progress: bool = False) -> dict:
-    """TIDE error counts per size bucket and dAP per error type (see the module docstring).
+def _as_arrays(g: dict, d: list) -> dict[str, np.ndarray]:
+    """The objects' (``g_*``) and detections' (``d_*``) fields as arrays, boxes as xyxy."""
+    ga = g["annotations"]
+    return {
+        "g_img": np.array([a["image_id"] for a in ga], dtype=np.int64),
+        "g_cat": np.array([a["category_id"] for a in ga], dtype=np.int64),
+        "g_box": xywh_to_xyxy(np.array([a["bbox"] for a in ga], dtype=float).reshape(-1, 4)),
+        "g_area": np.array([a["area"] for a in ga], dtype=float),
+        "g_crowd": np.array([a["iscrowd"] for a in ga], dtype=bool),
+        "d_img": np.array([x["image_id"] for x in d], dtype=np.int64),
+        "d_cat": np.array([x["category_id"] for x in d], dtype=np.int64),
+        "d_box": xywh_to_xyxy(np.array([x["bbox"] for x in d], dtype=float).reshape(-1, 4)),
+        "d_score": np.array([x["score"] for x in d], dtype=float),
+    }
 
-    Returns ``{"counts": {bucket: {error type: n, "tp": n, "n_gt": n}}, "dAP": {bucket:
-    {error type: AP gain}}, "AP": {bucket: TIDE's AP at fg_iou}, "fg_iou", "bg_iou"}`` for
-    buckets tiny/small/medium/large/all; AP and dAP are -1 for a bucket without objects.
+
+def _all_images(a: dict[str, np.ndarray], image_ids, fg_iou: float, bg_iou: float,
+                progress: bool):
+    """``_image`` over every image (dets sorted by score within it, top ``MAX_DETS``).
+
+    Returns kept (the detections looked at), their status, error and target (an index into
+    all objects, -1 none), and used [G] and usable [G] over all objects.
     """
     from tqdm.auto import tqdm
 
-    with paused_gc():
-        g = load_gt(gt)
-        d = load_dets(dets, g)
-    ga = g["annotations"]
-    g_img = np.array([a["image_id"] for a in ga], dtype=np.int64)
-    g_cat = np.array([a["category_id"] for a in ga], dtype=np.int64)
-    g_box = xywh_to_xyxy(np.array([a["bbox"] for a in ga], dtype=float).reshape(-1, 4))
-    g_area = np.array([a["area"] for a in ga], dtype=float)
-    g_crowd = np.array([a["iscrowd"] for a in ga], dtype=bool)
-    d_img = np.array([x["image_id"] for x in d], dtype=np.int64)
-    d_cat = np.array([x["category_id"] for x in d], dtype=np.int64)
-    d_box = xywh_to_xyxy(np.array([x["bbox"] for x in d], dtype=float).reshape(-1, 4))
-    d_score = np.array([x["score"] for x in d], dtype=float)
-
-    # Per-image index lists (images sorted; dets sorted by score within an image, top 100).
-    g_by = _group(g_img)
-    d_order = np.lexsort((-d_score, d_img)) if len(d) else np.zeros(0, dtype=np.int64)
-    d_by = _group(d_img[d_order], d_order)
+    g_crowd, d_box, d_cat, g_box, g_cat = (a[k] for k in ("g_crowd", "d_box", "d_cat",
+                                                         "g_box", "g_cat"))
+    g_by = _group(a["g_img"])
+    d_order = (np.lexsort((-a["d_score"], a["d_img"])) if len(a["d_img"])
+               else np.zeros(0, dtype=np.int64))
+    d_by = _group(a["d_img"][d_order], d_order)
     kept, status, error, target = [], [], [], []
-    used = np.zeros(len(ga), dtype=bool)
-    usable = np.zeros(len(ga), dtype=bool)
-    for img in tqdm(sorted({im["id"] for im in g["images"]}), disable=not progress,
-                    desc="errors"):
+    used = np.zeros(len(g_cat), dtype=bool)
+    usable = np.zeros(len(g_cat), dtype=bool)
+    for img in tqdm(image_ids, disable=not progress, desc="errors"):
         di = d_by.get(img, np.zeros(0, dtype=np.int64))[:MAX_DETS]
         gi = g_by.get(img, np.zeros(0, dtype=np.int64))
         gn, gc = gi[~g_crowd[gi]], gi[g_crowd[gi]]
@@ -201,37 +220,81 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
         usable[gn] = ub
     kept, status, error, target = (np.concatenate(x) if x else np.zeros(0, dtype=np.int64)
                                    for x in (kept, status, error, target))
-    missed = ~g_crowd & ~used & ~usable
-    # Per-object values looked up by target; target -1 (no object) picks the sentinel at the end.
-    t_area, t_cat = np.append(g_area, 0.0)[target], np.append(g_cat, -1)[target]
-    t_used = np.append(used, True)[target]
+    return kept, status, error, target, used, usable
 
-    # Counts per bucket.
-    d_area = (d_box[kept, 2] - d_box[kept, 0]) * (d_box[kept, 3] - d_box[kept, 1])
-    area_of_err = np.where(error == _BKG, d_area, t_area)
-    err_b = _in_buckets(area_of_err)
-    gt_b = _in_buckets(g_area)
-    tp_b = _in_buckets(t_area)
+
+_DET_ERRORS = (("classification", _CLS), ("localisation", _LOC), ("both", _BOTH),
+               ("duplicate", _DUPE), ("background", _BKG))
+
+
+def _bucket_counts(error, status, missed, g_crowd, err_b, gt_b, tp_b) -> dict:
+    """``{bucket: {error type: n, "tp": n, "n_gt": n}}``."""
     counts = {}
     for b in (*BUCKETS, "all"):
-        row = {name: int(((error == code) & err_b[b]).sum()) for name, code in
-               (("classification", _CLS), ("localisation", _LOC), ("both", _BOTH),
-                ("duplicate", _DUPE), ("background", _BKG))}
+        row = {name: int(((error == code) & err_b[b]).sum()) for name, code in _DET_ERRORS}
         row["missed"] = int((missed & gt_b[b]).sum())
         row["tp"] = int(((status == 1) & tp_b[b]).sum())
         row["n_gt"] = int((~g_crowd & gt_b[b]).sum())
         counts[b] = row
+    return counts
 
-    # dAP: fix one error type at a time and recompute AP at fg_iou (TIDE's fix rules), over
-    # all objects and per bucket (a detection belongs to the bucket its count went to).
-    k_cls, k_score, k_tp = d_cat[kept], d_score[kept], status == 1
+
+def _best_fixes(error, target, t_used, k_score) -> np.ndarray:
+    """[K] bool: per object, the top-scoring classification or localisation error on it
+    (the one TIDE's fix turns into a true positive)."""
     fixable = ((error == _CLS) | (error == _LOC)) & (target >= 0) & ~t_used
-    best = np.zeros(len(kept), dtype=bool)  # the top-scoring Cls/Loc error per object wins
+    best = np.zeros(len(error), dtype=bool)
     if fixable.any():
         idx = np.flatnonzero(fixable)
         idx = idx[np.lexsort((-k_score[idx], target[idx]))]
         first = np.r_[True, target[idx][1:] != target[idx][:-1]]
         best[idx[first]] = True
+    return best
+
+
+def _fixed_gains(error, best, live, t_cat, k_cls, k_score, k_tp, n_gt, fixed_gt,
+                 base: float) -> dict[str, float]:
+    """AP gain of fixing each error type on its own (TIDE's fix rules), in ERROR_TYPES order."""
+    gains = {}
+    for name, code in _DET_ERRORS:
+        hit = error == code
+        keep = live & ~(hit & ~best)
+        cls = np.where(hit & best, t_cat, k_cls)
+        tp = k_tp | (hit & best)
+        gains[name] = max(_map(cls[keep], k_score[keep], tp[keep], n_gt) - base, 0.0)
+    gains["missed"] = max(_map(k_cls[live], k_score[live], k_tp[live], fixed_gt) - base, 0.0)
+    return {t: gains[t] for t in ERROR_TYPES}
+
+
+def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: float = 0.1,
+                    progress: bool = False) -> dict:
+    """TIDE error counts per size bucket and dAP per error type (see the module docstring).
+
+    Returns ``{"counts": {bucket: {error type: n, "tp": n, "n_gt": n}}, "dAP": {bucket:
+    {error type: AP gain}}, "AP": {bucket: TIDE's AP at fg_iou}, "fg_iou", "bg_iou"}`` for
+    buckets tiny/small/medium/large/all; AP and dAP are -1 for a bucket without objects.
+    """
+    with paused_gc():
+        g = load_gt(gt)
+        d = load_dets(dets, g)
+    a = _as_arrays(g, d)
+    g_cat, g_area, g_crowd, d_box = a["g_cat"], a["g_area"], a["g_crowd"], a["d_box"]
+    kept, status, error, target, used, usable = _all_images(
+        a, sorted({im["id"] for im in g["images"]}), fg_iou, bg_iou, progress)
+    missed = ~g_crowd & ~used & ~usable
+    # Per-object values looked up by target; target -1 (no object) picks the sentinel at the end.
+    t_area, t_cat = np.append(g_area, 0.0)[target], np.append(g_cat, -1)[target]
+    t_used = np.append(used, True)[target]
+    d_area = (d_box[kept, 2] - d_box[kept, 0]) * (d_box[kept, 3] - d_box[kept, 1])
+    area_of_err = np.where(error == _BKG, d_area, t_area)
+    gt_b = _in_buckets(g_area)
+    counts = _bucket_counts(error, status, missed, g_crowd, _in_buckets(area_of_err), gt_b,
+                            _in_buckets(t_area))
+
+    # dAP: fix one error type at a time and recompute AP at fg_iou (TIDE's fix rules), over
+    # all objects and per bucket (a detection belongs to the bucket its count went to).
+    k_cls, k_score, k_tp = a["d_cat"][kept], a["d_score"][kept], status == 1
+    best = _best_fixes(error, target, t_used, k_score)
     det_b = _in_buckets(np.where(status == 1, t_area, area_of_err))
     ap, dap = {}, {}
     for b in (*BUCKETS, "all"):
@@ -242,17 +305,9 @@ def error_breakdown(gt: GtLike, dets: DetsLike, *, fg_iou: float = 0.5, bg_iou: 
         if not any(n_gt.values()):
             ap[b], dap[b] = -1.0, {t: -1.0 for t in ERROR_TYPES}
             continue
-        gains = {}
-        for name, code in (("classification", _CLS), ("localisation", _LOC), ("both", _BOTH),
-                           ("duplicate", _DUPE), ("background", _BKG)):
-            hit = error == code
-            keep = live & ~(hit & ~best)
-            cls = np.where(hit & best, t_cat, k_cls)
-            tp = k_tp | (hit & best)
-            gains[name] = max(_map(cls[keep], k_score[keep], tp[keep], n_gt) - base, 0.0)
         fixed = {c: n - int((missed & gts & (g_cat == c)).sum()) for c, n in n_gt.items()}
-        gains["missed"] = max(_map(k_cls[live], k_score[live], k_tp[live], fixed) - base, 0.0)
-        ap[b], dap[b] = base, {t: gains[t] for t in ERROR_TYPES}
+        ap[b] = base
+        dap[b] = _fixed_gains(error, best, live, t_cat, k_cls, k_score, k_tp, n_gt, fixed, base)
     return {"counts": counts, "dAP": dap, "AP": ap, "fg_iou": fg_iou, "bg_iou": bg_iou}
 
 

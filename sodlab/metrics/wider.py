@@ -293,6 +293,26 @@ def _key_of_name(file_name: str, gt: WiderGT, by_stem: dict[str, list[Key]],
                      "<event>/<file>.jpg as in WIDER_val/images)")
 
 
+def _image_names(coco_gt: dict | str | os.PathLike | None) -> tuple[dict[int, str] | None, str]:
+    """``({image id: file_name}, the ground truth's name)`` of a COCO ground truth; ``(None,
+    "")`` without one."""
+    from sodlab.data.coco import load_coco
+
+    if coco_gt is None:
+        return None, ""
+    cg = coco_gt if isinstance(coco_gt, dict) else load_coco(coco_gt)
+    gname = "ground truth" if isinstance(coco_gt, dict) else str(coco_gt)
+    if not isinstance(cg.get("images"), list):
+        raise InputError(f"{gname}: not a COCO dict (needs a list 'images')")
+    id_to_name = {}
+    for k, im in enumerate(cg["images"]):
+        try:
+            id_to_name[int(im["id"])] = str(im["file_name"])  # resolved on first use
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{gname}: images[{k}] needs 'id' and 'file_name'") from None
+    return id_to_name, gname
+
+
 def coco_to_wider(dets: list | str | os.PathLike, gt: WiderGT,
                   coco_gt: dict | str | os.PathLike | None = None) -> Dets:
     """COCO results (``image_id, bbox [x,y,w,h], score``) as WIDER detections.
@@ -302,7 +322,6 @@ def coco_to_wider(dets: list | str | os.PathLike, gt: WiderGT,
     --format wider`` wrote). Every category counts as a face. Images are matched by their
     ``<event>/<file>`` name (the extension is ignored).
     """
-    from sodlab.data.coco import load_coco
     from sodlab.metrics.coco import _read_json
 
     src = dets if isinstance(dets, list) else _read_json(dets, "detections")
@@ -312,19 +331,7 @@ def coco_to_wider(dets: list | str | os.PathLike, gt: WiderGT,
     by_stem: dict[str, list[Key]] = {}
     for key in gt.index:
         by_stem.setdefault(key[1], []).append(key)
-    id_to_name: dict[int, str] | None = None
-    gname = ""
-    if coco_gt is not None:
-        cg = coco_gt if isinstance(coco_gt, dict) else load_coco(coco_gt)
-        gname = "ground truth" if isinstance(coco_gt, dict) else str(coco_gt)
-        if not isinstance(cg.get("images"), list):
-            raise InputError(f"{gname}: not a COCO dict (needs a list 'images')")
-        id_to_name = {}
-        for k, im in enumerate(cg["images"]):
-            try:
-                id_to_name[int(im["id"])] = str(im["file_name"])  # resolved on first use
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{gname}: images[{k}] needs 'id' and 'file_name'") from None
+    id_to_name, gname = _image_names(coco_gt)
     rows: dict[Key, list[list[float]]] = {}
     resolved: dict[int, Key] = {}
     for k, d in enumerate(src):
@@ -451,38 +458,15 @@ def evaluate_wider(gt_dir: str | os.PathLike | WiderGT,
     ``n_images``, ``n_images_with_dets``, ``n_dets`` and, with ``curves``, ``curves`` =
     ``{setting: {"precision": [T], "recall": [T]}}``. A setting without faces gives -1.
     """
-    from tqdm.auto import tqdm
-
     gt = gt_dir if isinstance(gt_dir, WiderGT) else load_wider_gt(gt_dir)
-    if isinstance(dets, Mapping):
-        for key in dets:
-            if key not in gt.index:
-                raise InputError(f"detections for {key}, an image not in the ground truth")
-        raw = dict(dets)
-    elif isinstance(dets, list) or Path(dets).is_file():
-        raw = coco_to_wider(dets, gt, coco_gt)
-    else:
-        raw = read_wider_dets(dets, gt)
+    raw = _wider_dets(dets, gt, coco_gt)
     # descending raw score, stable, as the MATLAB tool sorts before it normalises
     ordered: Dets = {}
     for key, a in raw.items():
         a = np.asarray(a, dtype=np.float64).reshape(-1, 5)  # [D, 5]
         ordered[key] = a[np.argsort(-a[:, 4], kind="stable")]
-    normed = normalise_scores(ordered)
     thresholds = 1.0 - np.arange(1, thresh_num + 1) / thresh_num  # [T]
-    pr = {s: np.zeros((thresh_num, 2)) for s in SUBSETS}  # [T, 2] proposals, true positives
-    n_faces = dict.fromkeys(SUBSETS, 0)
-    for e, ev in enumerate(tqdm(gt.events, desc="wider eval", disable=not progress)):
-        for i, f in enumerate(gt.files[e]):
-            for s in SUBSETS:
-                n_faces[s] += len(gt.keep[s][e][i])
-            faces = gt.boxes[e][i]
-            d = normed.get((ev, f))
-            if d is None or not len(d) or not len(faces):
-                continue
-            match = match_image(d, faces, iou_thresh)
-            for s in SUBSETS:
-                pr[s] += image_pr(d, faces, gt.keep[s][e][i], thresholds, iou_thresh, match)
+    pr, n_faces = _pr_counts(gt, normalise_scores(ordered), thresholds, iou_thresh, progress)
     out: dict[str, Any] = {}
     curve_out = {}
     for s in SUBSETS:
@@ -502,3 +486,38 @@ def evaluate_wider(gt_dir: str | os.PathLike | WiderGT,
     if curves:
         out["curves"] = curve_out
     return out
+
+
+def _wider_dets(dets: str | os.PathLike | list | Mapping[Key, np.ndarray], gt: WiderGT,
+                coco_gt: dict | str | os.PathLike | None) -> dict:
+    """``evaluate_wider``'s detections as ``{(event, file): [D, 5]}``, whatever their form."""
+    if isinstance(dets, Mapping):
+        for key in dets:
+            if key not in gt.index:
+                raise InputError(f"detections for {key}, an image not in the ground truth")
+        return dict(dets)
+    if isinstance(dets, list) or Path(dets).is_file():
+        return coco_to_wider(dets, gt, coco_gt)
+    return read_wider_dets(dets, gt)
+
+
+def _pr_counts(gt: WiderGT, normed: Dets, thresholds: np.ndarray, iou_thresh: float,
+               progress: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Summed ``[T, 2]`` (proposals, true positives) per setting over every image, and the
+    number of faces per setting."""
+    from tqdm.auto import tqdm
+
+    pr = {s: np.zeros((len(thresholds), 2)) for s in SUBSETS}  # [T, 2]
+    n_faces = dict.fromkeys(SUBSETS, 0)
+    for e, ev in enumerate(tqdm(gt.events, desc="wider eval", disable=not progress)):
+        for i, f in enumerate(gt.files[e]):
+            for s in SUBSETS:
+                n_faces[s] += len(gt.keep[s][e][i])
+            faces = gt.boxes[e][i]
+            d = normed.get((ev, f))
+            if d is None or not len(d) or not len(faces):
+                continue
+            match = match_image(d, faces, iou_thresh)
+            for s in SUBSETS:
+                pr[s] += image_pr(d, faces, gt.keep[s][e][i], thresholds, iou_thresh, match)
+    return pr, n_faces

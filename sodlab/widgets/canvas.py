@@ -3,9 +3,9 @@
 An explorer used to display its figure inside an ``ipywidgets.Output``; such a figure is
 shown only where a front end routes the captured output, and a run under papermill/nbclient
 had to leave the first figure to the first slider move. Here a figure becomes PNG bytes
-(``figure_png``: matplotlib's ``savefig``, which renders PNG with Agg whatever the backend)
-and sets the ``value`` of an ``ipywidgets.Image`` (``figure_image``, ``show_figure``). That
-is one widget-state update: live Jupyter and voila draw it at once, and papermill/nbclient
+(``sodlab.viz.figure_png``: matplotlib's ``savefig``, which renders PNG with Agg whatever the
+backend) and sets the ``value`` of an ``ipywidgets.Image`` (``figure_image``,
+``show_figure``). That is one widget-state update: live Jupyter and voila draw it at once, and papermill/nbclient
 only store it, so nothing can wait on a front end. ``watch`` ties controls to a redraw and
 puts an error into the explorer's status line instead of losing it in the kernel's log.
 
@@ -19,29 +19,14 @@ Dimension legend: W H figure width/height in inches.
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Callable, Iterable
+
+from sodlab.viz import figure_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURE_CLASS = "sodlab-figure"  # CSS class of the Image widget (the browser tests find it)
 STATUS_CLASS = "sodlab-status"  # CSS class of the status line
 ERROR_CLASS = "sodlab-error"    # CSS class of an error shown in the status line
-
-
-def figure_png(fig, *, dpi: float | None = None, close: bool = True) -> bytes:
-    """PNG bytes of ``fig`` (Agg), closed afterwards unless ``close=False``.
-
-    Closing matters for a pyplot figure made while a cell runs: the inline backend would
-    otherwise show it a second time, as a static output under the cell.
-    """
-    buf = io.BytesIO()
-    # white behind the axes: readable on a dark notebook theme too
-    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, facecolor="white")
-    if close:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)  # a no-op for a Figure that pyplot does not manage
-    return buf.getvalue()
 
 
 def figure_image(fig=None, *, dpi: float | None = None):
