@@ -28,18 +28,29 @@ def studies_dir() -> Path:
     return Path(env) if env else repo_root() / "results" / "studies"
 
 
-def save_study(result: Mapping, path: str | os.PathLike | None = None) -> Path:
-    """Write a study's result (``run_study``'s dict) as JSON; return the path."""
+def _study_path(name: str, images: int | None) -> Path:
+    return studies_dir() / (f"{name}.json" if images is None else f"{name}-{images}.json")
+
+
+def save_study(result: Mapping, path: str | os.PathLike | None = None, *,
+               images: int | None = None) -> Path:
+    """Write a study's result (``run_study``'s dict) as JSON; return the path.
+
+    ``images``: the images seen of a budget other than the full one (the learning curve's
+    multiples), kept as ``NAME-<images>.json`` beside ``NAME.json``.
+    """
     from sodlab.files import write_json
 
-    p = Path(path) if path else studies_dir() / f"{result['study']}.json"
+    p = Path(path) if path else _study_path(result["study"], images)
     write_json(p, dict(result))
     return p
 
 
-def load_study(name: str, path: str | os.PathLike | None = None) -> dict | None:
-    """The committed result of study ``name`` (None when it has not been run in full)."""
-    p = Path(path) if path else studies_dir() / f"{name}.json"
+def load_study(name: str, path: str | os.PathLike | None = None, *,
+               images: int | None = None) -> dict | None:
+    """The committed result of study ``name`` (None when it has not been run in full);
+    ``images``: at another budget than the full one (``save_study``)."""
+    p = Path(path) if path else _study_path(name, images)
     if not p.is_file():
         return None
     try:

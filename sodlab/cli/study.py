@@ -33,6 +33,10 @@ def register(sub) -> None:
                    help="dataset root (train/ and val/) instead of the embedded one")
     p.add_argument("--only", default=None, metavar="TECH,...",
                    help="run only these techniques of the study (comma-separated names)")
+    p.add_argument("--multiple", type=int, default=None, metavar="M",
+                   help="train at M times the earlier full budget (400 steps x 8 images) "
+                   "instead of the mode's; the result is kept as results/studies/"
+                   "NAME-<images seen>.json, beside the full budget's")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.set_defaults(func=run)
@@ -76,7 +80,13 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
         unknown = [n for n in only if n not in {t.name for t in st.techniques}]
         if unknown:
             raise InputError(f"study {st.name!r} has no technique(s) {unknown}")
-    result = run_study(st, args.data, mode=mode, progress=args.progress, only=only)
+    budget = None
+    if args.multiple is not None:
+        from sodlab.bench.budget_curve import budget_at
+
+        budget = budget_at(args.multiple, quick=args.quick)
+    result = run_study(st, args.data, mode=mode, progress=args.progress, only=only,
+                       budget=budget)
     techs, comps = tables(result)
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.max_rows", 500, "display.float_format", "{:.3f}".format):
@@ -88,5 +98,6 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
     elif mode == "full" and not only and args.data is None:
         from sodlab.bench.study_view import save_study
 
-        print(f"wrote {save_study(result)}")
+        images = None if budget is None else budget["max_steps"] * budget["batch_size"]
+        print(f"wrote {save_study(result, images=images)}")
     return 0
