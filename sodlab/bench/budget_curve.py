@@ -71,9 +71,12 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
 
     root = Path(data_root) if data_root else ensure_dataset("quick" if quick else "full", seed=0)
     mode = "quick" if quick else "full"
-    jobs = [(p, m, Technique(p, p)) for p, m in curve_points(presets, multiples)]
-    jobs += [(f"{p} + RoI head", m, Technique("RoI head", p, stage_two={"kind": "roi"}))
-             for p, m in curve_points([p for p in ROI_ON if p in presets], multiples)]
+    jobs = []
+    for p in presets:  # one preset's curve, then the RoI head on its bases, then the next
+        jobs += [(p, m, Technique(p, p)) for _, m in curve_points([p], multiples)]
+        if p in ROI_ON:
+            jobs += [(f"{p} + RoI head", m, Technique("RoI head", p, stage_two={"kind": "roi"}))
+                     for _, m in curve_points([p], multiples)]
     rows = []
     for label, m, tech in tqdm(jobs, disable=not progress, desc="budget curve"):
         budget = budget_at(m, quick=quick)
