@@ -154,6 +154,16 @@ def _is_seq(x) -> bool:
     return True
 
 
+def _no_values(labels, diffs) -> str | None:
+    """Why the seeds give no comparison (no values, or a seed without one), else None."""
+    if not diffs:
+        return "no per-seed values"
+    missing = [lab for lab, d in zip(labels, diffs) if math.isnan(d)]
+    if missing:
+        return f"seed {', '.join(missing)} has no value (an empty bucket or not measured)"
+    return None
+
+
 def decide(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> Decision:
     """The verdict and its reason (see the module docstring for the rule and the inputs)."""
     if min_seeds < 1:
@@ -165,12 +175,9 @@ def decide(per_seed, intervals=None, *, min_seeds: int = MIN_SEEDS) -> Decision:
         return Decision(word, reason, labels, tuple(diffs),
                         tuple(pairs) if pairs is not None else None, ia, ib, idiff)
 
-    if not diffs:
-        return out(UNCLEAR, "no per-seed values")
-    missing = [lab for lab, d in zip(labels, diffs) if math.isnan(d)]
-    if missing:
-        return out(UNCLEAR, f"seed {', '.join(missing)} has no value (an empty bucket or "
-                            "not measured)")
+    why = _no_values(labels, diffs)
+    if why:
+        return out(UNCLEAR, why)
     if all(d > 0 for d in diffs):
         sign = 1
     elif all(d < 0 for d in diffs):
@@ -295,12 +302,9 @@ def paired_decide(diffs, samples, *, alpha: float = 0.05,
     def out(word: str, reason: str, idiff=None, iseeds=None) -> Decision:
         return Decision(word, reason, labels, tuple(vals), None, None, None, idiff, iseeds)
 
-    if not vals:
-        return out(UNCLEAR, "no per-seed values")
-    missing = [lab for lab, d in zip(labels, vals) if math.isnan(d)]
-    if missing:
-        return out(UNCLEAR, f"seed {', '.join(missing)} has no value (an empty bucket or "
-                            "not measured)")
+    why = _no_values(labels, vals)
+    if why:
+        return out(UNCLEAR, why)
     idiff, iseeds = _paired_interval(mat, alpha), _seeds_interval(vals, alpha)
     S = len(vals)
     sign = 1 if all(d > 0 for d in vals) else -1 if all(d < 0 for d in vals) else 0
