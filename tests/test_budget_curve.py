@@ -30,6 +30,9 @@ def test_smallest_sufficient_is_the_first_multiple_within_the_share_of_the_top()
     assert smallest_sufficient(pts, share=0.95) == 8
     assert smallest_sufficient({1: 0.5}) == 1
     assert smallest_sufficient({}) is None
+    # 4x reaches 90 % on the whole set but not on the lowest resamples: 8x is sufficient
+    lower = {1: 0.55, 2: 0.78, 4: 0.88, 8: 0.96, 16: 1.0}
+    assert smallest_sufficient(pts, lower=lower) == 8
 
 
 def _rows():

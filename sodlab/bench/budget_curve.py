@@ -47,22 +47,44 @@ def curve_points(presets: Sequence[str] = PRESETS, multiples: Sequence[int] = MU
     return [(p, int(m)) for p in presets for m in sorted(multiples)]
 
 
-def smallest_sufficient(points: dict[int, float], *, share: float = SUFFICIENT) -> int | None:
+def smallest_sufficient(points: dict[int, float], *, share: float = SUFFICIENT,
+                        lower: dict[int, float] | None = None) -> int | None:
     """The smallest multiple whose value is >= ``share`` x the value at the largest multiple.
 
-    ``points`` maps a multiple to a metric (one preset). None when the largest is missing.
+    ``points`` maps a multiple to a metric (one preset). ``lower``: per multiple, the 2.5 %
+    quantile over the validation resamples of value / top value (``share_lower``); when
+    given, the multiple must reach ``share`` there too, so a multiple that reaches the share
+    only on half of the possible validation sets does not count. None when empty.
     """
     if not points:
         return None
     top = max(points)
     target = share * points[top]
-    return min(m for m, v in points.items() if v is not None and v >= target)
+    ok = [m for m, v in points.items() if v is not None and v >= target
+          and (lower is None or (lower.get(m) is not None and lower[m] >= share))]
+    return min(ok) if ok else top
+
+
+def share_lower(records: dict[int, dict], key: str = "AP_small") -> dict[int, float]:
+    """Per multiple, the 2.5 % quantile over the records' shared resamples of the ratio of its
+    ``key`` to the largest multiple's (one seed, the same validation resamples: paired)."""
+    import numpy as np
+
+    from sodlab.engine.records import samples_of
+
+    top = samples_of(records[max(records)], key)
+    out = {}
+    for m, rec in records.items():
+        ratio = samples_of(rec, key) / top
+        ratio = ratio[np.isfinite(ratio)]
+        out[m] = float(np.quantile(ratio, 0.025)) if ratio.size else None
+    return out
 
 
 def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
         presets: Sequence[str] = PRESETS, multiples: Sequence[int] = MULTIPLES,
         out: str | os.PathLike | None = None) -> dict:
-    """Record every missing point, then assemble the curve (and write it in full mode)."""
+    """Record every missing point and assemble the curve (in full mode written after each)."""
     from tqdm.auto import tqdm
 
     from sodlab.data import ensure_dataset
@@ -77,33 +99,50 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
         if p in ROI_ON:
             jobs += [(f"{p} + RoI head", m, Technique("RoI head", p, stage_two={"kind": "roi"}))
                      for _, m in curve_points([p], multiples)]
-    rows = []
+    rows, recs = [], {}
+    path = Path(out) if out else repo_root() / "results" / "budget_curve.json"
+    result = None
     for label, m, tech in tqdm(jobs, disable=not progress, desc="budget curve"):
         budget = budget_at(m, quick=quick)
         rec = run_technique(tech, root, seed=0, mode=mode, budget=budget, progress=progress)
+        recs.setdefault(label, {})[m] = rec
         rows.append({"preset": label, "multiple": m,
                      "images_seen": int(budget["max_steps"]) * int(budget["batch_size"]),
                      "train_seconds": rec.get("train_seconds"), "key": rec["key"],
                      **{k: rec["metrics"][k] for k in KEYS}})
-    result = assemble_curve(rows, quick=quick)
-    if not quick:
-        write_json(Path(out) if out else repo_root() / "results" / "budget_curve.json", result)
+        result = _with_shares(rows, recs, quick=quick)
+        if not quick:  # after every point: a run cut off keeps the curve so far
+            write_json(path, result)
     return result
+
+
+def _with_shares(rows: list[dict], recs: dict, *, quick: bool) -> dict:
+    """The curve so far, each row with its resampled share of its preset's top multiple."""
+    for label, by_m in recs.items():
+        if max(MULTIPLES) not in by_m:
+            continue  # the share is of the largest budget: wait for it
+        lows = share_lower(by_m)
+        for r in rows:
+            if r["preset"] == label:
+                r["share_of_top_lower"] = lows[r["multiple"]]
+    return assemble_curve(rows, quick=quick)
 
 
 def assemble_curve(rows: list[dict], *, quick: bool) -> dict:
     """The curve's JSON: rows, the old full and quick budgets, and the sufficient multiple."""
     from sodlab.engine.budgets import QUICK_DEFAULT
 
-    by = {}
+    by, low = {}, {}
     for r in rows:
         by.setdefault(r["preset"], {})[r["multiple"]] = r["AP_small"]
+        if "share_of_top_lower" in r:
+            low.setdefault(r["preset"], {})[r["multiple"]] = r["share_of_top_lower"]
     return {"rows": rows, "keys": list(KEYS), "old_full": {**OLD_FULL, "images_seen":
                                                           OLD_FULL["max_steps"] * 8},
             "quick_images_seen": QUICK_DEFAULT["max_steps"] * QUICK_DEFAULT["batch_size"],
             "sufficient_share": SUFFICIENT,
-            "sufficient_multiple": {p: smallest_sufficient(v) for p, v in by.items()
-                                    if max(v) == max(MULTIPLES)},
+            "sufficient_multiple": {p: smallest_sufficient(v, lower=low.get(p))
+                                    for p, v in by.items() if max(v) == max(MULTIPLES)},
             "mode": "quick" if quick else "full"}
 
 
@@ -133,10 +172,13 @@ def sufficiency_sentences(curve: dict) -> list[str]:
     for preset, m in (curve.get("sufficient_multiple") or {}).items():
         rows = {r["multiple"]: r for r in curve["rows"] if r["preset"] == preset}
         top = max(rows)
+        lo = rows[m].get("share_of_top_lower")
         out.append(f"{preset}: {m}x the old full budget ({rows[m]['images_seen']:,} images) "
                    f"reaches AP_small {rows[m]['AP_small']:.3f}, at least "
                    f"{curve['sufficient_share']:.0%} of its {top}x value "
-                   f"({rows[top]['AP_small']:.3f}, {rows[top]['images_seen']:,} images)")
+                   f"({rows[top]['AP_small']:.3f}, {rows[top]['images_seen']:,} images)"
+                   + ("" if lo is None else f" on 97.5 % of the validation resamples "
+                      f"(lowest 2.5 %: {lo:.1%})"))
     return out
 
 
@@ -176,5 +218,5 @@ def plot_curve(curve: dict, *, full_images: int | None = None):
 
 
 __all__ = ["OLD_FULL", "MULTIPLES", "PRESETS", "KEYS", "budget_at", "curve_points",
-           "smallest_sufficient", "run", "assemble_curve", "load_curve", "curve_table",
+           "smallest_sufficient", "share_lower", "run", "assemble_curve", "load_curve", "curve_table",
            "sufficiency_sentences", "plot_curve"]

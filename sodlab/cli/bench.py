@@ -31,10 +31,12 @@ failed and the others still run.
 EPILOG = """\
 what it costs:
   The suite trains each technique once per seed on the shared budget (quick: 1 seed,
-  250 steps x 8 images at 384 px; full: 3 seeds, 400 steps x 8) and takes every model the
-  notebooks already trained from the run cache (runs/cache). Quick with a filled cache:
-  minutes; quick from an empty cache: a few hours on 2 cores (SNIP and multi-scale
-  training cost about 10x a plain model); full: a day or more on 2 cores.
+  250 steps x 8 images at 384 px; full: 3 seeds at the full budget of
+  sodlab.engine.budgets) and takes every model that has a run record (full:
+  results/runs/, committed) or is in the run cache (runs/cache) without training it.
+  Quick with a filled cache: minutes; quick from an empty cache: hours on 2 cores (SNIP
+  and multi-scale training cost about twice a plain model); full from no records: many
+  hours on 2 cores, which records let several sessions share.
 
 examples:
   sodlab bench --quick --only suite             the technique page on the embedded data
