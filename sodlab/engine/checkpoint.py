@@ -97,12 +97,23 @@ def build_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", *,
 
 
 def upgrade_config(ckpt: dict) -> dict:
-    """The detector config of a checkpoint in the current format (format 1 is converted)."""
+    """The detector config of a checkpoint in the current format (format 1 is converted).
+
+    A field added to ``DetectorConfig`` after the checkpoint was written takes its default,
+    which keeps the old computation (the run-cache key leaves such fields out, too).
+    """
     cfg = dict(ckpt["config"])
     if ckpt.get("format", 1) < 2:
         cfg.pop("lr", None)
         scale = float(cfg.get("anchor_scale", 1.0)) or 1.0
         cfg["anchor_sizes"] = [[float(v) / scale for v in sz] for sz in cfg["anchor_sizes"]]
+    if "preset" in cfg and "strides" in cfg:  # a detector's config
+        from sodlab.detector import DetectorConfig
+
+        for f in dataclasses.fields(DetectorConfig):
+            if f.name not in cfg:
+                cfg[f.name] = f.default if f.default is not dataclasses.MISSING \
+                    else f.default_factory()
     return cfg
 
 
