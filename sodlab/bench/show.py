@@ -207,6 +207,7 @@ class ShownResult:
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    numbers: dict = field(default_factory=dict)     # the committed file's numbers, as written
 
     @property
     def sentences(self) -> list[str]:
@@ -661,7 +662,8 @@ def show_results(stem: str, *, results_dir: str | os.PathLike | None = None) -> 
     shown = ShownResult(stem, label, True, _summary(obj, numbers),
                         tables={t: tb.frame() for t, tb in tables.items() if tb.rows},
                         comparisons=comps, notes=ctx.notes,
-                        provenance=dict(obj.get("provenance") or {}))
+                        provenance=dict(obj.get("provenance") or {}),
+                        numbers=dict(obj.get("numbers") or {}))
     if (obj.get("provenance") or {}).get("mode") == "quick":
         shown.notes.insert(0, "This file holds a quick-mode run: its numbers prove the "
                               "pipeline and decide nothing.")
