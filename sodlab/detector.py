@@ -137,6 +137,7 @@ class DetectorConfig:
     pyramid_anchors: bool = False  # head and body scores trained beside the face's
     max_in_out: bool = False  # finest level 1 face / 3 bg scores, others 3 face / 1 bg
     pyramid_boxes: str = "paper"  # head/body from the face box ("paper") or the data ("real")
+    ssh_context: bool = True  # SSH's context modules (False: one plain 3x3 of equal width)
 
     @property
     def context_keys(self) -> tuple[str, ...]:
@@ -348,7 +349,7 @@ class Detector(nn.Module):
         self.levels = level_specs(cfg)
         self.backbone = build_backbone(cfg.backbone, max_stride=max(cfg.strides))
         self.neck = build_neck("lfpn" if cfg.lfpn else cfg.neck, self.backbone.channels,
-                               list(cfg.strides), cfg.width)
+                               list(cfg.strides), cfg.width, ssh_context=cfg.ssh_context)
         self.cpm = LevelCPM(cfg.width, list(cfg.strides)) if cfg.cpm else None
         softmax = cfg.loss == "softmax_ohem"
         if cfg.loss not in ("focal", "softmax_ohem"):

@@ -147,12 +147,18 @@ class ContextModule(nn.Module):
 
 
 class DetectionModule(nn.Module):
-    """SSH detection module: a 3x3 branch beside the context module, concatenated."""
+    """SSH detection module: a 3x3 branch beside the context module, concatenated.
 
-    def __init__(self, width: int) -> None:
+    ``context=False`` is SSH's own ablation (Najibi et al. 2017, the module without its
+    context): the context module becomes one plain 3x3 conv of the same output width, so the
+    module keeps its width and loses the larger receptive field (notebook 04).
+    """
+
+    def __init__(self, width: int, *, context: bool = True) -> None:
         super().__init__()
         self.conv3 = conv_bn(width, width // 2, act=False)
-        self.context = ContextModule(width)
+        self.context = ContextModule(width) if context else \
+            conv_bn(width, 2 * (width // 2), act=False)
         self.fuse = conv_bn(width // 2 + width, width, k=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,13 +168,13 @@ class DetectionModule(nn.Module):
 class SSH(nn.Module):
     """Detection modules M1 (stride 8), M2 (stride 16), M3 (stride 32, max-pooled)."""
 
-    def __init__(self, channels: dict[int, int], width: int) -> None:
+    def __init__(self, channels: dict[int, int], width: int, *, context: bool = True) -> None:
         super().__init__()
         self.red8 = conv_bn(channels[8], width, k=1)
         self.red16 = conv_bn(channels[16], width, k=1)
         self.merge8 = conv_bn(width, width)
         self.proj16 = conv_bn(channels[16], width, k=1)
-        self.m1, self.m2, self.m3 = (DetectionModule(width) for _ in range(3))
+        self.m1, self.m2, self.m3 = (DetectionModule(width, context=context) for _ in range(3))
 
     def forward(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         c8, c16 = feats[8], feats[16]
@@ -180,7 +186,7 @@ class SSH(nn.Module):
 
 
 def build_neck(name: str, channels: dict[int, int], strides: list[int], width: int, *,
-               lfpn_start: int | None = None) -> nn.Module:
+               lfpn_start: int | None = None, ssh_context: bool = True) -> nn.Module:
     if name == "none":
         if len(strides) != 1:
             raise ValueError(f"neck 'none' takes one stride, got {strides}")
@@ -195,7 +201,7 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
     if name == "ssh":
         if sorted(strides) != [8, 16, 32]:
             raise ValueError(f"neck 'ssh' has modules at strides 8, 16, 32, got {strides}")
-        return SSH(channels, width)
+        return SSH(channels, width, context=ssh_context)
     if name == "lfpn":
         missing = [s for s in strides if s not in channels]
         if missing:
