@@ -357,28 +357,19 @@ def compare(ra: Mapping, rb: Mapping, key: str, *, a_name: str = "A",
     """B against A on ``key`` from their records per seed (``{seed: record}``): the per-seed
     differences, their mean, the paired interval and the paired verdict
     (``sodlab.metrics.verdict.paired_decide``)."""
-    from sodlab.engine.records import paired_samples
-    from sodlab.metrics.verdict import paired_decide, paired_sentence
+    from sodlab.engine.study import paired_comparison
 
-    seeds = sorted(set(ra) & set(rb), key=str)
     lacking = [r["key"][:12] for r in (*ra.values(), *rb.values())
                if key not in r.get("samples", {})]
     if lacking:
         return {"key": key, "per_seed": {}, "delta": None, "diff_ci": None,
                 "verdict": UNCLEAR_TEXT, "sentence": f"{b_name} against {a_name} on {key}: "
                 f"not compared (records {', '.join(lacking)} keep no resamples of it)."}
-    diffs, samples = {}, {}
-    for s in seeds:
-        va, vb = ra[s]["metrics"].get(key), rb[s]["metrics"].get(key)
-        ok = va is not None and vb is not None and va > -1 and vb > -1
-        diffs[str(s)] = (vb - va) if ok else math.nan
-        samples[str(s)] = paired_samples(ra[s], rb[s], key)
-    d = paired_decide(diffs, samples)
+    diffs, d, sentence = paired_comparison(ra, rb, key, a=a_name, b=b_name)
     return {"key": key, "per_seed": diffs,
             "delta": None if math.isnan(d.mean) else d.mean,
             "diff_ci": None if d.interval_diff is None else list(d.interval_diff),
-            "verdict": d.verdict,
-            "sentence": paired_sentence(diffs, samples, metric=key, a=a_name, b=b_name)}
+            "verdict": d.verdict, "sentence": sentence}
 
 
 def outcome(paper_direction: int, our_verdict: str) -> str:

@@ -126,27 +126,32 @@ def _technique_row(study: Study, by_seed: dict[int, dict]) -> dict:
     return row
 
 
-def _comparison_rows(study: Study, a: str, b: str, ra: dict, rb: dict) -> list[dict]:
+def paired_comparison(ra: dict, rb: dict, key: str, *, a: str = "A", b: str = "B"):
+    """B against A on ``key`` from their records per seed (``{seed: record}``):
+    ``(diffs {str(seed): B - A}, Decision, sentence)`` by the paired rule."""
     from sodlab.engine.records import paired_samples
     from sodlab.metrics.verdict import paired_decide, paired_sentence
 
-    seeds = sorted(set(ra) & set(rb))
+    diffs, samples = {}, {}
+    for s in sorted(set(ra) & set(rb), key=str):
+        va, vb = ra[s]["metrics"].get(key), rb[s]["metrics"].get(key)
+        ok = va is not None and vb is not None and va > -1 and vb > -1
+        diffs[str(s)] = (vb - va) if ok else math.nan
+        samples[str(s)] = paired_samples(ra[s], rb[s], key)
+    return (diffs, paired_decide(diffs, samples),
+            paired_sentence(diffs, samples, metric=key, a=a, b=b))
+
+
+def _comparison_rows(study: Study, a: str, b: str, ra: dict, rb: dict) -> list[dict]:
     rows = []
     for k in study.metrics:
-        diffs, samples = {}, {}
-        for s in seeds:
-            va, vb = ra[s]["metrics"].get(k), rb[s]["metrics"].get(k)
-            ok = va is not None and vb is not None and va > -1 and vb > -1
-            diffs[s] = (vb - va) if ok else math.nan
-            samples[s] = paired_samples(ra[s], rb[s], k)
-        d = paired_decide(diffs, samples)
-        rows.append({"a": a, "b": b, "metric": k, "per_seed": {s: diffs[s] for s in seeds},
+        diffs, d, sentence = paired_comparison(ra, rb, k, a=a, b=b)
+        rows.append({"a": a, "b": b, "metric": k, "per_seed": diffs,
                      "mean": None if math.isnan(d.mean) else d.mean,
                      "interval": None if d.interval_diff is None else list(d.interval_diff),
                      "seeds_interval": None if d.interval_seeds is None
                      else list(d.interval_seeds),
-                     "verdict": d.verdict, "reason": d.reason,
-                     "sentence": paired_sentence(diffs, samples, metric=k, a=a, b=b)})
+                     "verdict": d.verdict, "reason": d.reason, "sentence": sentence})
     return rows
 
 
@@ -183,4 +188,5 @@ def tables(result: dict):
     return pd.DataFrame(rows).set_index("technique"), pd.DataFrame(comp)
 
 
-__all__ = ["Study", "DEFAULT_METRICS", "missing", "run_study", "assemble", "tables"]
+__all__ = ["Study", "DEFAULT_METRICS", "missing", "run_study", "paired_comparison", "assemble",
+           "tables"]
