@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from sodlab.bench.study_view import (
+    AGREES,
+    NO_DIRECTION,
+    NO_NUMBER,
+    OPPOSITE,
+    agreement,
     load_study,
+    quick_against_full,
     save_study,
     show_study,
     side_by_side,
@@ -54,3 +60,42 @@ def test_save_load_and_show(tmp_path, monkeypatch, capsys):
     shown = show_study("fpn", metrics=("AP_small",))
     out = capsys.readouterr().out
     assert shown["study"] == "fpn" and "3 seeds" in out and "fpn against baseline" in out
+
+
+def _quick(gain: float, images: int = 800) -> dict:
+    """A one-seed quick result whose fpn is ``gain`` above baseline (sharp resamples)."""
+    rng = np.random.default_rng(1)
+    recs = {"baseline": {0: _record("qb", 0.05, rng, 0.0)},
+            "fpn": {0: _record("qf", 0.05 + gain, rng, gain)}}
+    for by_seed in recs.values():
+        by_seed[0]["budget"] = {"images_seen": images}
+    return assemble(STUDY, recs, mode="quick")
+
+
+def test_agreement_against_each_full_verdict():
+    assert agreement(0.02, "up") == AGREES and agreement(-0.02, "down") == AGREES
+    assert agreement(-0.02, "up") == OPPOSITE and agreement(0.02, "down") == OPPOSITE
+    assert agreement(0.0, "up") == OPPOSITE
+    assert agreement(0.02, "no clear difference") == NO_DIRECTION
+    assert agreement(None, "up") == NO_NUMBER and agreement(float("nan"), "up") == NO_NUMBER
+
+
+def test_quick_against_full_flags_only_the_comparisons_that_part_ways():
+    table, notes = quick_against_full(_quick(0.2), _result(0.3))
+    assert list(table["quick against full"]) == [AGREES] and notes == []
+    table, notes = quick_against_full(_quick(-0.2), _result(0.3))
+    assert list(table["quick against full"]) == [OPPOSITE]
+    assert len(notes) == 1 and "opposite" in notes[0] and "4× fewer" in notes[0]
+    assert "-0.200" in notes[0] and "contains zero" not in notes[0]
+    table, notes = quick_against_full(_quick(0.2), _result(0.0))
+    assert list(table["quick against full"]) == [NO_DIRECTION] and "no clear difference" in notes[0]
+
+
+def test_show_study_prints_the_quick_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    show_study("fpn", quick=_quick(-0.2))
+    out = capsys.readouterr().out
+    assert "no committed full-mode result to hold these quick numbers against" in out
+    save_study(_result(0.3))
+    show_study("fpn", metrics=("AP_small",), quick=_quick(-0.2))
+    assert "Trust the full run" in capsys.readouterr().out

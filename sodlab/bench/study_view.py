@@ -121,9 +121,125 @@ def side_by_side(results: Mapping[str, Mapping], *, metric: str = "AP_small"):
     return out
 
 
+AGREES, OPPOSITE, NO_DIRECTION, NO_NUMBER = (
+    "agrees", "OPPOSITE", "full run: no clear difference", "no quick number")
+
+
+def agreement(quick_diff: float | None, full_verdict: str) -> str:
+    """Whether a quick difference B − A goes the way the full run's verdict does.
+
+    ``AGREES`` when the full verdict is "up" ("down") and the quick difference is above
+    (below) zero; ``OPPOSITE`` when it is on the other side (zero counts as opposite: it
+    shows no direction where the full run found one); ``NO_DIRECTION`` when the full run
+    found no clear difference, so any quick direction is noise by the full run's
+    evidence; ``NO_NUMBER`` when there is no quick difference.
+    """
+    from sodlab.metrics.verdict import DOWN, UP
+
+    if quick_diff is None or quick_diff != quick_diff:
+        return NO_NUMBER
+    if full_verdict not in (UP, DOWN):
+        return NO_DIRECTION
+    return AGREES if (quick_diff > 0) == (full_verdict == UP) and quick_diff != 0 else OPPOSITE
+
+
+def _images_seen(result: Mapping, name: str) -> int | None:
+    t = result["techniques"].get(name) or {}
+    return t.get("images_seen")
+
+
+def _disagreement_note(c: Mapping, f: Mapping, quick: Mapping, full: Mapping, state: str) -> str:
+    """One generated sentence on why a quick difference and the full verdict part ways."""
+    metric, a, b = c["metric"], c["a"], c["b"]
+    qi, fi = _images_seen(quick, b), _images_seen(full, b)
+    n_seeds = len(f["per_seed"])
+    iv = c.get("interval")
+    if state == NO_DIRECTION:
+        head = (f"{b} against {a}: quick mode shows {c['mean']:+.3f} {metric}, but the committed "
+                f"full run ({n_seeds} seeds) finds no clear difference ({f['mean']:+.3f}).")
+    else:
+        head = (f"{b} against {a}: quick mode shows {c['mean']:+.3f} {metric}, the opposite of "
+                f"the committed full run's verdict \"{f['verdict']}\" ({f['mean']:+.3f}, "
+                f"{n_seeds} seeds).")
+    why = []
+    if iv is not None and iv[0] <= 0 <= iv[1]:
+        why.append(f"the quick difference's own 95 % interval ({iv[0]:+.3f} to {iv[1]:+.3f}) "
+                   f"contains zero")
+    if qi and fi and fi > qi:
+        why.append(f"each quick model saw {qi:,} images against {fi:,} in the full run "
+                   f"({fi / qi:.0f}× fewer)")
+    why.append("quick mode trains one seed on the small quick set")
+    return f"{head} Why: {'; '.join(why)}. Trust the full run."
+
+
+def quick_against_full(quick: Mapping, full: Mapping, *, metric: str = "AP_small"):
+    """(table, notes): each comparison of both results on ``metric``, quick beside full.
+
+    The table has the quick difference B − A (one seed), its interval over the validation
+    resamples, the full run's mean difference and verdict, and ``agreement``; ``notes`` has
+    one generated sentence for every comparison where they part ways.
+    """
+    import pandas as pd
+
+    full_rows = {(c["a"], c["b"]): c for c in full["comparisons"] if c["metric"] == metric}
+    rows, notes = [], []
+    for c in quick["comparisons"]:
+        f = full_rows.get((c["a"], c["b"]))
+        if c["metric"] != metric or f is None:
+            continue
+        iv = c.get("interval")
+        state = agreement(c["mean"], f["verdict"])
+        rows.append({"B against A": f"{c['b']} vs {c['a']}", f"quick B − A ({metric})": c["mean"],
+                     "quick 95 %": "" if iv is None else f"{iv[0]:+.3f} to {iv[1]:+.3f}",
+                     "full B − A": f["mean"], "full verdict": f["verdict"],
+                     "quick against full": state})
+        if state in (OPPOSITE, NO_DIRECTION):
+            notes.append(_disagreement_note(c, f, quick, full, state))
+    return pd.DataFrame(rows), notes
+
+
+def _show_quick(name: str, quick: Mapping, full: Mapping | None, metric: str) -> None:
+    import pandas as pd
+    from IPython.display import display
+
+    from sodlab.engine.study import tables
+
+    print(f"this run ({quick['mode']} mode, one seed): {name}")
+    with pd.option_context("display.max_rows", 500, "display.float_format", "{:.3f}".format):
+        if full is None:
+            display(tables(quick)[1])
+            print("no committed full-mode result to hold these quick numbers against")
+            return
+        table, notes = quick_against_full(quick, full, metric=metric)
+        display(table)
+    for line in notes:
+        print(line)
+    if not notes and len(table):
+        print(f"every quick difference on {metric} goes the way of the committed full run")
+
+
+def quick_study(name: str, root: str | os.PathLike | None = None, *,
+                progress: bool = False) -> dict | None:
+    """This machine's quick-mode result of study ``name`` over the techniques it has already
+    trained (``sodlab.engine.study.ready``: nothing new trains); None when fewer than two are."""
+    from sodlab.bench.studies import study
+    from sodlab.engine.study import ready, run_study
+
+    st = study(name)
+    names = ready(st, root, mode="quick")
+    if len(names) < 2:
+        return None
+    return run_study(st, root, mode="quick", only=names, progress=progress)
+
+
 def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
-               result: Mapping | None = None) -> dict | None:
-    """Display a study's committed full-mode result (or say that there is none yet)."""
+               result: Mapping | None = None, quick: Mapping | None = None) -> dict | None:
+    """Display a study's committed full-mode result (or say that there is none yet).
+
+    ``quick``: this run's quick-mode result of the same study (``run_study(..., mode="quick")``);
+    it is shown after the full result, each comparison beside the full run's verdict, with a
+    generated note wherever the two part ways (``quick_against_full``).
+    """
     import pandas as pd
     from IPython.display import display
 
@@ -131,6 +247,8 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     if res is None:
         print(f"study {name!r} has no committed full-mode result yet "
               f"(sodlab study run {name} --full)")
+        if quick is not None:
+            _show_quick(name, quick, None, metrics[0])
         return None
     seen = sorted({t["images_seen"] for t in res["techniques"].values()
                    if t.get("images_seen")})
@@ -143,8 +261,11 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     for c in res["comparisons"]:
         if c["metric"] == metrics[0]:
             print(c["sentence"])
+    if quick is not None:
+        _show_quick(name, quick, res, metrics[0])
     return dict(res)
 
 
 __all__ = ["studies_dir", "save_study", "load_study", "study_comparisons", "study_techniques",
-           "side_by_side", "show_study"]
+           "side_by_side", "show_study", "quick_study", "agreement", "quick_against_full", "AGREES", "OPPOSITE",
+           "NO_DIRECTION", "NO_NUMBER"]

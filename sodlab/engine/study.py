@@ -12,7 +12,8 @@ no record), then compares each pair on the SAME fixed resamples with the paired 
 - ``comparisons``: one row per (comparison, metric): the per-seed differences, their mean,
   the paired interval, the seeds' t-interval, the verdict, its reason and sentence.
 
-``missing(study, ...)`` lists what has no record yet; ``tables(result)`` gives the two
+``missing(study, ...)`` lists what has no record yet; ``ready(study, ...)`` what needs no
+training (a record or a cached model); ``tables(result)`` gives the two
 tables a notebook shows. Quick mode has one seed, so its comparisons carry numbers and no
 direction. Taught in notebook 10_benchmark_report.
 """
@@ -77,6 +78,31 @@ def missing(study: Study, root: str | os.PathLike | None = None, *,
     facts = _facts(r)
     return [(t.name, s) for t in study.techniques for s in (seeds or m.seeds)
             if not has_record(t, r, seed=s, mode=m, facts=facts)]
+
+
+def ready(study: Study, root: str | os.PathLike | None = None, *, mode: str | Mode = "quick",
+          seed: int = 0) -> list[str]:
+    """Names of ``study``'s techniques that need no training at ``seed``: each has a record,
+    or its model (and a second stage's base) is in the run cache. A notebook passes them to
+    ``run_study(..., only=...)`` to hold its own quick models against the full study without
+    training the ones it never trained."""
+    from sodlab.engine.cache import cached_path
+    from sodlab.engine.experiment import _facts, plan
+
+    m = mode_of(mode)
+    r = _root(root, m)
+    facts = _facts(r)
+    out = []
+    for t in study.techniques:
+        if has_record(t, r, seed=seed, mode=m, facts=facts):
+            out.append(t.name)
+            continue
+        p = plan(t, r, seed=seed, budget=m.budget(t.preset), stage_budget=m.stage_budget(),
+                 facts=facts)
+        if cached_path(p["key"]) is not None and (
+                p["base_key"] is None or cached_path(p["base_key"]) is not None):
+            out.append(t.name)
+    return out
 
 
 def run_study(study: Study, root: str | os.PathLike | None = None, *,
@@ -188,5 +214,5 @@ def tables(result: dict):
     return pd.DataFrame(rows).set_index("technique"), pd.DataFrame(comp)
 
 
-__all__ = ["Study", "DEFAULT_METRICS", "missing", "run_study", "paired_comparison", "assemble",
+__all__ = ["Study", "DEFAULT_METRICS", "missing", "ready", "run_study", "paired_comparison", "assemble",
            "tables"]
