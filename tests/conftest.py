@@ -1,8 +1,23 @@
-"""Shared fixtures: the embedded quick dataset, made once per test session."""
+"""Shared fixtures: the embedded quick dataset, made once per test session; a private pixel
+cache folder, so no test writes decoded images into the checkout's ``runs/pixels``."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_pixel_cache(tmp_path_factory):
+    """``SODLAB_PIXELS`` points at a temporary folder for the whole session."""
+    before = os.environ.get("SODLAB_PIXELS")
+    os.environ["SODLAB_PIXELS"] = str(tmp_path_factory.mktemp("pixels"))
+    yield
+    if before is None:
+        os.environ.pop("SODLAB_PIXELS", None)
+    else:
+        os.environ["SODLAB_PIXELS"] = before
 
 
 @pytest.fixture(scope="session")

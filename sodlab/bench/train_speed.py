@@ -21,6 +21,11 @@ the same run, each in a fresh subprocess (so its memory peak is its own):
   ``*_delta_mb`` values subtract the first, so they are what the phase added (torch's
   allocator may keep freed memory, so they are upper bounds on live tensors).
 
+``data_path_speed(root, preset)`` (on its own, not part of ``run``): training images/s
+with the engine's data path set each way (decoding every time or reading the pixel cache;
+no prefetch, a prefetch thread, one DataLoader worker) beside compute alone, on the same
+batches, round-robin in one process, with the pixel cache's one-off build time.
+
 Then "what a user would pick instead": torchvision's ``ssdlite320_mobilenet_v3_large``
 (no pretrained weights, ``num_classes = C + 1``) trained from scratch with the SAME
 wall-clock budget as our ``fpn`` and ``faceboxes`` (``compare_presets`` names others) on
@@ -35,6 +40,7 @@ fair both ways). Full: 300 s each; quick: 20 s each. ``compare_presets`` default
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -61,19 +67,25 @@ def _train_dataset(root: Path, input_size: int, seed: int):
     return build_dataset(root / "train", TrainConfig(seed=seed), input_size=input_size)
 
 
-def _train_batches(ds, batch_size: int, n: int, seed: int, start: int = 0) -> list:
-    """``n`` collated batches in the engine's data order, from global batch ``start`` on."""
-    from sodlab.data.dataset import collate
+def _batch_indices(size: int, batch_size: int, n: int, seed: int) -> list[list[int]]:
+    """The first ``n`` batches (index lists) in the engine's data order, epoch 0 on."""
     from sodlab.engine.train import epoch_batches
 
     order: list[int] = []
     e = 0
-    while len(order) < (start + n) * batch_size:
-        order += [i for b in epoch_batches(len(ds), batch_size=batch_size, world_size=1,
+    while len(order) < n * batch_size:
+        order += [i for b in epoch_batches(size, batch_size=batch_size, world_size=1,
                                            seed=seed, epoch=e) for i in b]
         e += 1
-    return [collate([ds[i] for i in order[k * batch_size:(k + 1) * batch_size]])
-            for k in range(start, start + n)]
+    return [order[k * batch_size:(k + 1) * batch_size] for k in range(n)]
+
+
+def _train_batches(ds, batch_size: int, n: int, seed: int, start: int = 0) -> list:
+    """``n`` collated batches in the engine's data order, from global batch ``start`` on."""
+    from sodlab.data.dataset import collate
+
+    return [collate([ds[i] for i in b])
+            for b in _batch_indices(len(ds), batch_size, start + n, seed)[start:]]
 
 
 def count_flops(model: torch.nn.Module, batch, *, train: bool) -> float:
@@ -265,6 +277,122 @@ def measure_preset(preset: str, data_root: str | os.PathLike, *, steps: int = 10
             "peak_rss_model_mb": rss0, "peak_rss_infer_mb": rss_infer,
             "peak_rss_train_mb": rss_train, "infer_delta_mb": rss_infer - rss0,
             "train_delta_mb": rss_train - rss0}
+
+
+# ---------------------------------------------------------------- the data path
+DATA_PATH_MODES = {  # name: (pixels from, DataLoader workers, prefetch)
+    "decode": ("decode", 0, 0), "decode_prefetch": ("decode", 0, 1),
+    "decode_worker": ("decode", 1, 1), "pixels": ("pixels", 0, 0),
+    "pixels_prefetch": ("pixels", 0, 1), "pixels_worker": ("pixels", 1, 1),
+}
+
+
+@contextlib.contextmanager
+def _pixels_in(folder: str):
+    """Inside the block the pixel cache lives in ``folder`` (``SODLAB_PIXELS``)."""
+    before = os.environ.get("SODLAB_PIXELS")
+    os.environ["SODLAB_PIXELS"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SODLAB_PIXELS", None)
+        else:
+            os.environ["SODLAB_PIXELS"] = before
+
+
+def _engine_epoch(model, opt, ds, batches: list[list[int]], *, precision: str, workers: int,
+                  prefetch: int) -> float:
+    """Seconds of ``train_step`` over ``batches`` (index lists) loaded as the engine loads an
+    epoch: a fresh DataLoader (``sodlab.engine.train._epoch_loader``) read through
+    ``prefetched``, so worker start-up counts as it does in every epoch of a run."""
+    from sodlab.data.dataset import collate
+    from sodlab.engine.train import prefetched, train_step
+
+    t0 = time.perf_counter()
+    ahead = {"prefetch_factor": max(1, prefetch)} if workers else {}
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate,
+                                         num_workers=workers, **ahead)
+    with prefetched(loader, prefetch) as loaded:
+        for batch in loaded:
+            train_step(model, batch, opt, precision=precision)
+    return time.perf_counter() - t0
+
+
+def _data_path_datasets(root: Path, input_size: int, seed: int) -> tuple[dict, float]:
+    """The training dataset decoding every image (no caches at all) and reading the pixel
+    cache, and the seconds building that cache took (cold: call inside ``_pixels_in``)."""
+    from sodlab.engine.train import TrainConfig, build_dataset
+
+    decode = build_dataset(root / "train", TrainConfig(seed=seed, pixel_cache=False,
+                                                       image_cache_mb=0), input_size=input_size)
+    t0 = time.perf_counter()
+    pixels = build_dataset(root / "train", TrainConfig(seed=seed, pixel_cache=True),
+                           input_size=input_size)
+    return {"decode": decode, "pixels": pixels}, time.perf_counter() - t0
+
+
+def data_path_speed(root: str | os.PathLike, preset: str = "fpn", *, steps: int = 10,
+                    batch_size: int = 8, rounds: int = 2, seed: int = 0,
+                    precision: str = "auto", overrides=()) -> dict:
+    """Training images/s with the engine's data path set each way, side by side in THIS process.
+
+    The same ``steps`` batches (the engine's order from epoch 0 on) are trained on
+    ``rounds`` times in every mode, round-robin, so a load that comes and goes hits all of
+    them alike: ``compute`` (the batches collated in memory beforehand, data loading not
+    timed: the ceiling), then per ``DATA_PATH_MODES`` entry the engine's loading with the
+    pixels decoded from the files every time (``decode*``: a first epoch without the pixel
+    cache, and every epoch with workers, whose in-memory caches die with them) or read from
+    a warm pixel cache (``pixels*``), with no prefetch, a prefetch thread, or one DataLoader
+    worker. ``vs_compute``: each mode's images/s over ``compute``'s (1.0 = loading fully
+    hidden). The cold cost is separate: ``pixel_cache_build_s``, building the cache of the
+    whole training split once (in a temporary folder, removed after). The operating
+    system's file cache is not controlled: the files and the cache are read warm.
+    """
+    from sodlab.data.dataset import DetectionDataset, collate
+    from sodlab.detector import build_detector, make_config
+    from sodlab.engine.precision import prepare_model, resolve_precision
+    from sodlab.engine.train import TrainConfig, build_optimizer
+
+    root, prec = Path(root), resolve_precision(precision)
+    with tempfile.TemporaryDirectory() as tmp, _pixels_in(tmp):
+        cfg = make_config(preset, num_classes=DetectionDataset(root / "train").num_classes,
+                          overrides=overrides)
+        dsets, build_s = _data_path_datasets(root, cfg.input_size, seed)
+        n_images = len(dsets["decode"])
+        batches = _batch_indices(n_images, batch_size, steps, seed)
+        in_memory = [collate([dsets["decode"][i] for i in b]) for b in batches]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = prepare_model(build_detector(cfg), prec).train()
+        opt = build_optimizer(model, TrainConfig(lr=1e-4))
+        seconds = _data_path_rounds(model, opt, dsets, batches, in_memory, prec, rounds)
+    ips = {m: rounds * steps * batch_size / s for m, s in seconds.items()}
+    return {"preset": preset, "input_size": cfg.input_size, "batch_size": batch_size,
+            "steps": steps, "rounds": rounds, "threads": torch.get_num_threads(),
+            "precision": prec, "train_images": n_images, "images_per_s": ips,
+            "vs_compute": {m: v / ips["compute"] for m, v in ips.items()},
+            "pixel_cache_build_s": build_s,
+            "pixel_cache_build_images_per_s": n_images / max(build_s, 1e-9)}
+
+
+def _data_path_rounds(model, opt, dsets: dict, batches: list, in_memory: list, precision: str,
+                      rounds: int) -> dict[str, float]:
+    """Seconds per mode, summed over ``rounds`` round-robin passes (one warm-up step first)."""
+    from sodlab.engine.train import train_step
+
+    train_step(model, in_memory[0], opt, precision=precision)  # first call of every shape
+    seconds = dict.fromkeys(["compute", *DATA_PATH_MODES], 0.0)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for batch in in_memory:
+            train_step(model, batch, opt, precision=precision)
+        seconds["compute"] += time.perf_counter() - t0
+        for mode, (source, workers, prefetch) in DATA_PATH_MODES.items():
+            seconds[mode] += _engine_epoch(model, opt, dsets[source], batches,
+                                           precision=precision, workers=workers,
+                                           prefetch=prefetch)
+    return seconds
 
 
 def _shown_path(root: Path) -> str:

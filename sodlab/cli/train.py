@@ -6,6 +6,8 @@ clock, for comparisons with other tools). Exit 2 for bad input, 3 when the loss 
 Under ``torchrun --nproc_per_node=K -m sodlab train ...`` it trains data-parallel.
 With ``--base BASE/best.pt --stage-two JSON`` it trains a second stage (a RoI head, or the
 Perceptual GAN head) on that trained, frozen base (``sodlab.engine.stage_two``).
+``--pixel-cache``/``--no-pixel-cache`` and ``--prefetch N`` change only how fast batches
+arrive (``sodlab.data.pixel_cache``, ``sodlab.engine.train.Prefetcher``), never the weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ examples:
   sodlab train --preset fpn --data data/synth/quick-seed0 --out runs/fpn --max-steps 300
   sodlab train --preset ssh --data my_root --out runs/ssh --epochs 5 --set input_size=512
   sodlab train --preset fpn --data my_root --out runs/fpn --max-steps 300 --resume
+  sodlab train --preset fpn --data my_root --out runs/fpn --max-steps 300 --workers 2 \
+      --prefetch 2 --no-pixel-cache   # the data path's speed options (same weights)
   torchrun --nproc_per_node=2 -m sodlab train --preset fpn --data my_root --out runs/ddp \\
       --max-steps 300 --batch-size 4     # 2 processes x 4 = the images of --batch-size 8
   sodlab train --preset fpn --data my_root --out runs/pgan --base runs/fpn/best.pt \\
@@ -63,6 +67,17 @@ def register(sub) -> None:
                    help="override a config field (repeatable; values parsed as JSON)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--pixel-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="read decoded images from the pixel cache on disk (default on): each "
+                   "image of the training split is decoded once, the first time any run uses "
+                   "the split (about H x W x 3 bytes per image, under runs/pixels or "
+                   "$SODLAB_PIXELS; skipped with a warning when the disk is short), and later "
+                   "epochs and runs read the pixels instead of decoding. Same pixels, same "
+                   "weights; --no-pixel-cache decodes every time")
+    p.add_argument("--prefetch", type=int, default=1, metavar="N",
+                   help="prepare the next N batches while a step runs (default 1; 0: off); "
+                   "a background thread with --workers 0, else each worker keeps N batches "
+                   "in flight (at least 1). Same batches in the same order, same weights")
     p.add_argument("--base", metavar="CKPT", default=None,
                    help="a trained single-shot detector's checkpoint (BASE_RUN/best.pt): "
                    "train a second stage on it, frozen (needs --stage-two)")
@@ -107,7 +122,8 @@ def run(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, device=args.device, resume=args.resume,
                   progress=not args.no_progress, val_every=args.val_every,
-                  num_workers=args.workers, precision=args.precision, recipe=recipe)
+                  num_workers=args.workers, precision=args.precision, recipe=recipe,
+                  pixel_cache=args.pixel_cache, prefetch=args.prefetch)
     try:
         if args.base is not None:
             from sodlab.engine.stage_two import train_stage_two

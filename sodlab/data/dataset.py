@@ -8,6 +8,13 @@ transforms draw from a ``torch.Generator`` seeded by ``(seed, epoch, index)``, s
 looks the same in every run and in every DataLoader worker. Taught in notebook
 00_what_is_small; every training notebook reads data through it.
 
+Decoded pixels can come from two caches, neither of which changes a pixel: with
+``pixel_cache=True`` from the on-disk pixel cache (``sodlab.data.pixel_cache``: every image
+decoded once per machine, memory-mapped, shared by workers and runs; what training uses by
+default), otherwise from ``cache_mb`` MiB of decoded images kept in this process's memory.
+When the pixel cache is open the in-memory one is not filled: the mapped pages already live
+in the operating system's page cache, and a second copy would only cost memory.
+
 Dimension legend: N objects in an image, C categories, B images in a batch,
 H x W image height and width (Hp x Wp padded to a multiple of 32).
 """
@@ -81,14 +88,18 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``("head_bbox", "body_bbox")`` -> ``target["head_boxes"]``, ``target["body_boxes"]``,
     ``[N, 4]`` xyxy, NaN where an annotation lacks the key).
 
-    ``cache_mb``: keep up to this many MiB of decoded uint8 images in memory, so epochs after
-    the first skip decoding (training over a small dataset decodes each image once; in a
-    DataLoader worker the cache is that worker's own). The pixels are the same either way.
+    ``pixel_cache``: read decoded pixels from the on-disk pixel cache
+    (``sodlab.data.pixel_cache.PixelCache``), building it first if this split has none
+    (``progress``: a bar while it builds); when the disk is short of space it warns once
+    and decodes as before. ``cache_mb``: otherwise, keep up to this many MiB of decoded
+    uint8 images in memory, so epochs after the first skip decoding (in a DataLoader worker
+    that cache is the worker's own). The pixels are the same either way.
     """
 
     def __init__(self, split_dir: str | os.PathLike, *, transforms: Transform | None = None,
                  with_masks: bool = False, seed: int = 0,
-                 context_keys: Sequence[str] = (), cache_mb: float = 0) -> None:
+                 context_keys: Sequence[str] = (), cache_mb: float = 0,
+                 pixel_cache: bool = False, progress: bool = False) -> None:
         self.ann_path = annotations_path(split_dir)
         self.split_dir = self.ann_path.parent
         self.images_dir = self.split_dir / "images"
@@ -115,6 +126,12 @@ class DetectionDataset(torch.utils.data.Dataset):
                 raise InputError(f"{self.ann_path}: annotation {ann.get('id')} has unknown "
                                  f"category_id {ann.get('category_id')}")
             self._anns[img_id].append(ann)
+        self.pixels = None
+        if pixel_cache:
+            from sodlab.data.pixel_cache import PixelCache
+
+            self.pixels = PixelCache.open_or_build(
+                self.ann_path, progress, file_names=[im["file_name"] for im in self.images])
 
     @property
     def num_classes(self) -> int:
@@ -173,7 +190,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Item ``index`` with its random transforms drawn from ``g``."""
         info = self.images[index]
         path = self.images_dir / info["file_name"]
-        rgb = self._cache.get(index)
+        rgb = (self.pixels.get(index, writable=True) if self.pixels is not None
+               else self._cache.get(index))
         if rgb is None:
             rgb = read_rgb8(path)  # [H, W, 3] uint8
             if self._cached_bytes + rgb.nbytes <= self.cache_bytes:

@@ -19,6 +19,15 @@ call directly so nothing is copied:
   per epoch and one at the end, with validation metrics by size), ``last.pt`` and
   ``best.pt`` (best validation AP_small, else AP), all atomically. Taught in notebook 03_fpn.
 
+The data path. Loading a batch (decoding, transforms, collation) is kept off the step's
+critical path in two ways, neither of which changes a number (both are ``UNKEYED`` in the
+run cache): ``TrainConfig.pixel_cache`` (default on) reads decoded images from the
+on-disk pixel cache (``sodlab.data.pixel_cache``), so a PNG is decoded once per machine
+rather than once per epoch; ``TrainConfig.prefetch`` (default 1) makes the next batch
+while the step runs: a ``Prefetcher`` thread over the DataLoader when ``num_workers`` is
+0, else the workers' own ``prefetch_factor``. The batches are the same, in the same
+order, since each item's randomness comes from (seed, epoch, index).
+
 The budget is ``max_steps``, ``epochs`` or ``max_seconds`` (wall clock: only for comparisons
 with other tools); "images seen" = steps x global batch is recorded beside the seconds.
 
@@ -44,10 +53,13 @@ Dimension legend: B images per rank and step, K processes, Hp x Wp padded input 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +120,8 @@ class TrainConfig:
     val_every: int = 1
     save_every: int = 100
     image_cache_mb: float = 2048.0  # decoded images kept in memory (speed only)
+    pixel_cache: bool = True  # decoded images read from the on-disk pixel cache (speed only)
+    prefetch: int = 1  # batches prepared ahead while a step runs, 0: none (speed only)
     extra: dict = field(default_factory=dict)  # recorded, not interpreted (e.g. a base model)
 
     def __post_init__(self) -> None:
@@ -129,6 +143,8 @@ class TrainConfig:
             raise InputError(f"--precision {self.precision}: expected {', '.join(PRECISIONS)}")
         if min(self.num_workers, self.val_every, self.save_every, self.image_cache_mb) < 0:
             raise InputError("num_workers, val_every, save_every and image_cache_mb must be >= 0")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise InputError(f"--prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not self.recipe:
             self.recipe = None  # {} and None both mean "the default chain": one cache key
         else:
@@ -198,13 +214,15 @@ def lr_factor(step: int, *, warmup: int, progress: float, floor: float = 0.05,
 
 
 def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size: int,
-                  context_keys: Sequence[str] = (),
-                  anchor_sizes: Sequence | None = None) -> torch.utils.data.Dataset:
+                  context_keys: Sequence[str] = (), anchor_sizes: Sequence | None = None,
+                  progress: bool = False) -> torch.utils.data.Dataset:
     """The training dataset of a split with the recipe's transform chain (and oversampling).
 
     SNIP/MST recipes that group scales by batch come wrapped in ``ScaleGrouped``: give it
     ``(index, scale index)`` items (``scale_grouped`` makes such batches). ``anchor_sizes``:
-    the detector's scaled anchor sizes, which the ``das`` recipe draws from.
+    the detector's scaled anchor sizes, which the ``das`` recipe draws from. With
+    ``tcfg.pixel_cache`` the split's pixel cache is opened, or built first (``progress``:
+    a bar while it builds).
     """
     from sodlab.engine.recipes import build_transforms
 
@@ -215,7 +233,8 @@ def build_dataset(split_dir: str | os.PathLike, tcfg: TrainConfig, *, input_size
                                                   if spec["with_masks"] else ())]))
     ds = DetectionDataset(split_dir, seed=tcfg.seed, with_masks=spec["with_masks"],
                           context_keys=keys, transforms=Compose(spec["transforms"]),
-                          cache_mb=tcfg.image_cache_mb)
+                          cache_mb=tcfg.image_cache_mb, pixel_cache=tcfg.pixel_cache,
+                          progress=progress)
     if spec["oversample"] is not None:
         from sodlab.augment import RepeatedDataset
 
@@ -467,21 +486,111 @@ def _epoch_loader(run: Run) -> tuple[torch.utils.data.DataLoader, int]:
     mine = [b[run.rank * t.batch_size:(run.rank + 1) * t.batch_size]
             for b in batches[s.step_in_epoch:]]
     run.dataset.set_epoch(s.epoch)
+    ahead = {"prefetch_factor": max(1, t.prefetch)} if t.num_workers > 0 else {}
     loader = torch.utils.data.DataLoader(run.dataset, batch_sampler=mine, collate_fn=collate,
-                                         num_workers=t.num_workers)
+                                         num_workers=t.num_workers, **ahead)
     return loader, len(batches)
+
+
+class Prefetcher:
+    """Iterate ``source`` in a background thread, at most ``depth`` items ahead, in order.
+
+    ``with Prefetcher(loader, 1) as batches: for batch in batches: ...``: while the loop's
+    body runs on item k, the thread makes item k + 1 (``depth`` items ahead at most). The
+    items are those of ``iter(source)``, in its order, so nothing about them changes. An
+    exception raised while making an item is raised again in the loop, at that item's
+    place. Leaving the block (the loop ended, broke early, or raised) stops the thread and
+    waits for it: no thread outlives the block. Meant for a DataLoader without worker
+    processes; its batches are made by the same code, only earlier.
+    """
+
+    _ITEM, _END, _ERROR = 0, 1, 2
+
+    def __init__(self, source, depth: int = 1) -> None:
+        if depth < 1:
+            raise InputError(f"prefetch depth must be >= 1, got {depth}")
+        self._source = source
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Semaphore(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="sodlab-prefetch", daemon=True)
+
+    def _fill(self) -> None:
+        """The thread: take a slot, make the next item, queue it; the end or the error last."""
+        try:
+            items = iter(self._source)
+            while True:
+                self._slots.acquire()
+                if self._stop.is_set():
+                    return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    self._queue.put((self._END, None))
+                    return
+                self._queue.put((self._ITEM, item))
+        except BaseException as exc:  # raised again in the consuming thread
+            self._queue.put((self._ERROR, exc))
+
+    def __enter__(self) -> Prefetcher:
+        self._thread.start()
+        return self
+
+    def __iter__(self):
+        while True:
+            kind, value = self._queue.get()
+            if kind == self._END:
+                return
+            if kind == self._ERROR:
+                raise value
+            self._slots.release()  # the thread may start on the next item now
+            yield value
+
+    def close(self) -> None:
+        """Stop the thread (after the item it is making, if any) and wait for it."""
+        self._stop.set()
+        self._slots.release()  # wake it if it waits for a slot
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prefetched(loader: torch.utils.data.DataLoader, depth: int):
+    """``loader``'s batches, ``depth`` of them made ahead while a step runs; a context manager.
+
+    Without worker processes a ``Prefetcher`` thread makes them; with workers (which load
+    ahead themselves, ``prefetch_factor``) or ``depth`` 0 the loader is used as it is.
+    """
+    if depth > 0 and loader.num_workers == 0:
+        return Prefetcher(loader, depth)
+    return contextlib.nullcontext(loader)
 
 
 def train_one_epoch(run: Run, *, bar=None, stop_at_step: int | None = None) -> str | None:
     """The remaining batches of the current epoch; ``"stop_at_step"`` if told to stop, else None.
 
-    Ends the epoch (validation when due, a log line, ``last.pt``) when all its batches ran.
+    The batches come through ``prefetched``: ``tcfg.prefetch`` of them are made while a step
+    runs. Ends the epoch (validation when due, a log line, ``last.pt``) when all its batches
+    ran.
     """
     s, t = run.state, run.tcfg
     loader, n_batches = _epoch_loader(run)
     losses: list[float] = []
-    stopped = None
-    for batch in loader:
+    with prefetched(loader, t.prefetch) as batches:
+        stopped = _steps(run, batches, losses, bar=bar, stop_at_step=stop_at_step)
+    if s.step_in_epoch >= n_batches:
+        _end_epoch(run, losses, n_batches)
+    return stopped
+
+
+def _steps(run: Run, batches, losses: list[float], *, bar=None,
+           stop_at_step: int | None = None) -> str | None:
+    """Train on ``batches`` until they end or a budget stops it; ``"stop_at_step"`` if told to
+    stop there, else None. Appends each step's loss to ``losses``."""
+    s, t = run.state, run.tcfg
+    for batch in batches:
         out = train_step(run.model, batch, run.optimizer, precision=run.precision,
                          grad_clip=t.grad_clip, lr=run.lr_now(), device=run.device, step=s.step)
         losses.append(out["loss"])
@@ -496,16 +605,13 @@ def train_one_epoch(run: Run, *, bar=None, stop_at_step: int | None = None) -> s
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.3f}", img_s=f"{rate:.1f}")
         if stop_at_step is not None and s.step >= stop_at_step:
-            stopped = "stop_at_step"
-            break
+            return "stop_at_step"
         if (t.max_steps is not None and s.step >= t.max_steps) or (
                 t.max_seconds is not None and run.budget_done()):
-            break
+            return None
         if t.save_every and s.step % t.save_every == 0:
             run.save(run.out_dir / "last.pt")
-    if s.step_in_epoch >= n_batches:
-        _end_epoch(run, losses, n_batches)
-    return stopped
+    return None
 
 
 def _end_epoch(run: Run, losses: list[float], steps_per_epoch: int) -> None:
@@ -570,8 +676,12 @@ def _resume(run: Run, last: Path) -> None:
 
 
 def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: torch.device,
-              world: int, rank: int, overrides, build_model, resume: bool) -> Run:
-    """Dataset, model, optimizer, schedule and state of a run (resumed from ``last.pt``)."""
+              world: int, rank: int, overrides, build_model, resume: bool,
+              progress: bool = False) -> Run:
+    """Dataset, model, optimizer, schedule and state of a run (resumed from ``last.pt``).
+
+    ``progress``: a bar while the training split's pixel cache is built (the first run on
+    a split, with ``tcfg.pixel_cache``)."""
     from sodlab.provenance import provenance
 
     probe = DetectionDataset(root / "train")
@@ -583,7 +693,7 @@ def setup_run(cfg: Any, root: Path, out_dir: Path, tcfg: TrainConfig, *, dev: to
         anchor_sizes = scaled_anchor_sizes(cfg)
     ds = build_dataset(root / "train", tcfg, input_size=cfg.input_size,
                        context_keys=tuple(getattr(cfg, "context_keys", ()) or ()),
-                       anchor_sizes=anchor_sizes)
+                       anchor_sizes=anchor_sizes, progress=progress)
     precision = resolve_precision(tcfg.precision, dev)
     torch.manual_seed(tcfg.seed)
     model = prepare_model(build_model(cfg).to(dev), precision)
@@ -701,7 +811,7 @@ def train(cfg: Any, data_root: str | os.PathLike, out_dir: str | os.PathLike,
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             run = setup_run(cfg, root, out_dir, tcfg, dev=dev, world=world, rank=rank,
                             overrides=overrides, build_model=build_model or _default_build,
-                            resume=resume)
+                            resume=resume, progress=progress and rank == 0)
             return run_training(run, progress=progress and rank == 0, stop_at_step=stop_at_step,
                                 desc=progress_desc)
     finally:
@@ -726,4 +836,5 @@ def summary_line(summary: dict) -> str:
 
 __all__ = ["NUMERICS_VERSION", "TrainConfig", "TrainingDiverged", "train", "train_config",
            "build_dataset", "build_optimizer", "train_step", "train_one_epoch", "validate",
-           "epoch_batches", "scale_grouped", "ScaleGrouped", "lr_factor", "resolve_device", "summary_line", "RunState", "Run"]
+           "epoch_batches", "scale_grouped", "ScaleGrouped", "lr_factor", "resolve_device", "summary_line", "RunState", "Run",
+           "Prefetcher", "prefetched"]
