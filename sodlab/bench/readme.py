@@ -1,7 +1,9 @@
-"""The README's result sections, generated from the committed results so no number is typed by hand.
+"""The result sections of the README and the docs, generated from the committed results.
 
-Layer L4. ``README.md`` holds sections between ``<!-- generated: NAME -->`` and ``<!-- end
-generated: NAME -->`` markers; ``render(name)`` writes each from ``results/``:
+Layer L4. ``README.md``, ``docs/design.md`` and ``docs/methods.md`` hold sections between
+``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->`` markers (``FILES`` lists
+which file holds which); ``render(name)`` writes each from ``results/``, so no number of
+ours is typed by hand:
 
 - ``curve``: the learning curve (``results/budget_curve.json``): AP_small per preset and
   budget multiple, the multiple the full budget was set from, the full budget in force;
@@ -9,19 +11,30 @@ generated: NAME -->`` markers; ``render(name)`` writes each from ``results/``:
   line per comparison on AP_small with its paired difference and verdict, or what is
   still to run;
 - ``old_results``: the committed notebook results of the earlier budget (``results/NN_*.json``),
-  each notebook's headline numbers as its run recorded them.
+  each notebook's headline numbers as its run recorded them;
+- ``ours_*`` (``docs/methods.md``, after the paper tables): ``OURS`` declares one per table
+  that sets our numbers beside a paper's. ``render_ours`` writes a study's comparisons on
+  one metric (B against A, the paired difference, its 95 % interval, the verdict) and the
+  techniques' means when ``results/studies/NAME.json`` exists; otherwise the command that
+  makes it, then the same comparisons from the notebook's earlier-budget
+  ``results/NN_*.json`` under the older unpaired rule. Either way it adds the section's
+  named facts from that file (numbers a study does not record, such as receptive fields).
+  Three more read the committed benchmarks (``results/bench_*.json``): the sliding-window
+  speed-up, the VGA frame rates, the cost of the multi-scale recipes; a benchmark no
+  committed file holds is said to be not committed.
 
-``python -m sodlab.bench.readme`` rewrites the sections (the README's, and the learning curve
-in ``docs/design.md``); ``--check`` exits 1 when a file differs from what the results give
-(a test runs it). Taught nowhere: it keeps the README true.
+``python -m sodlab.bench.readme`` rewrites every section; ``--check`` exits 1 when a file
+differs from what the results give (a test runs it). Taught nowhere: it keeps the docs true.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from sodlab.errors import InputError
 
@@ -101,12 +114,284 @@ def render_old_results() -> str:
     return "\n".join(lines) or "No committed notebook results."
 
 
-RENDER = {"curve": render_curve, "studies": render_studies, "old_results": render_old_results}
+# ----------------------------------------------------------------- docs/methods.md: ours
+
+class Ours(NamedTuple):
+    """One "ours" section of docs/methods.md: a study's comparisons beside a paper table.
+
+    ``only``: a regular expression searched in each comparison's B (the study's technique
+    name, or the earlier file's label); "" shows them all. ``facts``: ``(label, keys)``
+    pairs, each key a flattened number of the notebook's ``results/NN_*.json``.
+    """
+
+    study: str
+    only: str = ""
+    metric: str = "AP_small"
+    facts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+_SLICING = ("full image", "tiles 1x, nms", "tiles 2x up, nms", "tiles 1x, merge",
+            "tiles 2x up, merge")
+_RN = ("RoI head + NMS", "RoI head + soft-NMS", "RoI head + learned NMS", "relation + NMS",
+       "relation + soft-NMS", "relation + learned NMS")
+_SOFT = ("RoI head + NMS", "RoI head + soft-NMS", "relation + soft-NMS")
+
+# docs/methods.md's "ours" sections of a study, by section name.
+OURS: dict[str, Ours] = {
+    "ours_augmentation": Ours("augmentation"),
+    "ours_fpn": Ours("fpn"),
+    "ours_ssh": Ours("ssh", facts=(
+        ("theoretical receptive field of M1 / M2 / M3, px",
+         tuple(f"ssh_rf_px.M{i}" for i in (1, 2, 3))),
+        ("side of the square holding 95 % of M1's effective receptive field, untrained / "
+         "trained, px", ("erf95_side_px.untrained/M1", "erf95_side_px.trained/M1")))),
+    "ours_snip": Ours("snip_sniper", only=r"^(SNIP|MST)\b"),
+    "ours_sniper": Ours("snip_sniper", only=r"^SNIPER\b", facts=(
+        ("pixels processed in an epoch against single-scale training, SNIPER",
+         ("pixels_vs_single.sniper",)),)),
+    "ours_sliced_inference": Ours("snip_sniper", only=r"^sliced", facts=(
+        ("AP_small: " + " / ".join(_SLICING), tuple(f"slicing.{k}.AP_small" for k in _SLICING)),
+        ("ms per image, same order", tuple(f"slicing.{k}.ms/img" for k in _SLICING)))),
+    "ours_faceboxes": Ours("dense_anchors", only=r"^faceboxes", facts=(
+        ("share of the faces under 16 px with no anchor at IoU 0.35, faceboxes",
+         ("unmatched_share_tiny.faceboxes (0.35)",)),)),
+    "ours_s3fd": Ours("dense_anchors", only=r"^s3fd", facts=(
+        ("share of the faces under 16 px with no matched anchor, s3fd at IoU 0.5 / 0.35 / "
+         "0.35 + compensation", tuple(f"unmatched_share_tiny.s3fd ({k})"
+                                      for k in ("0.5", "0.35", "0.35 + compensation"))),)),
+    "ours_perceptual_gan": Ours("perceptual_gan"),
+    "ours_pyramidbox": Ours("pyramidbox"),
+    "ours_relation_networks": Ours("relation_networks", facts=(
+        ("AP_small, mean of the seeds, with soft-NMS (a post-processing the study does not "
+         "declare): " + " / ".join(_SOFT), tuple(f"AP_small.{k}" for k in _SOFT)),
+        ("duplicates per image: " + " / ".join(_RN),
+         tuple(f"duplicates_per_image.{k}" for k in _RN)))),
+    "ours_tiny_objects": Ours("tiny_objects"),
+    "ours_wider": Ours("dense_anchors", metric="AP50", facts=(
+        ("AP50: fpn / s3fd / faceboxes", tuple(f"ap_by_preset.{k}.AP50"
+                                              for k in ("fpn", "s3fd", "faceboxes"))),)),
+}
+
+_OLD_RULE = ("older unpaired rule: every seed agrees and the two techniques' own 95 % "
+             "intervals are apart")
+
+
+def _signed(x) -> str:
+    """``+0.012`` / ``−0.012`` (a typographic minus; ``0.000`` when it rounds to zero)."""
+    if x is None:
+        return "—"
+    return "0.000" if abs(x) < 5e-4 else f"{x:+.3f}".replace("-", "−")
+
+
+def _value(x) -> str:
+    """A fact's number: whole floats (pixels, counts) without decimals."""
+    return _fmt(int(x)) if isinstance(x, float) and x.is_integer() else _fmt(x)
+
+
+def _shown(spec: Ours, b: str) -> bool:
+    return not spec.only or re.search(spec.only, b) is not None
+
+
+def _study_lines(res: dict, spec: Ours) -> list[str]:
+    """A full-budget study's comparisons on ``spec.metric`` as a table, then the means."""
+    m = spec.metric
+    comps = [c for c in res["comparisons"] if c["metric"] == m and _shown(spec, c["b"])]
+    names = [n for n in res["techniques"] if any(n in (c["a"], c["b"]) for c in comps)]
+    techs = [res["techniques"][n] for n in names]
+    seen = " / ".join(f"{s:,}" for s in sorted({t["images_seen"] for t in techs}))
+    seeds = " / ".join(str(s) for s in sorted({len(t["seeds"]) for t in techs}))
+    mode = "full budget" if res.get("mode") == "full" else f"{res.get('mode')} mode"
+    if not comps:
+        return [f"Ours, {mode} (`results/studies/{res['study']}.json`): no comparison on {m} "
+                f"recorded yet."]
+    lines = [f"Ours, {mode} ({seen} images seen, {seeds} seeds, paired rule), "
+             f"`results/studies/{res['study']}.json`:", "",
+             f"| B vs A | mean B − A, {m} | paired 95 % interval | verdict |", "|---|---|---|---|"]
+    for c in comps:
+        iv = c.get("interval")
+        ivs = "—" if not iv else f"{_signed(iv[0])} to {_signed(iv[1])}"
+        lines.append(f"| {c['b']} vs {c['a']} | {_signed(c.get('mean'))} | {ivs} | "
+                     f"{c['verdict']} |")
+    means = [f"{n} {_fmt(t['mean'].get(m))}" for n, t in zip(names, techs)]
+    return lines + ["", f"Mean {m} over the seeds: " + ", ".join(means) + "."]
+
+
+def _steps_seen(budget: dict | None) -> int | None:
+    b = budget or {}
+    if b.get("images_seen"):
+        return b["images_seen"]
+    steps, batch = b.get("steps", b.get("max_steps")), b.get("batch", b.get("batch_size"))
+    return steps * batch if steps and batch else None
+
+
+def _old_seen(numbers: dict) -> str:
+    """The images seen of an earlier-budget notebook result, as its budget recorded them."""
+    budget = numbers.get("budget") or {}
+    base = budget.get("base") or numbers.get("base_budget")
+    if base:
+        stage = numbers.get("stage_two_budget") or budget
+        return (f"{_fmt(_steps_seen(base))} base + {_fmt(_steps_seen(stage))} second-stage "
+                f"images seen, {len(numbers.get('seeds') or budget.get('seeds') or [])} seeds")
+    seen = _steps_seen(budget)
+    seeds = numbers.get("seeds") or budget.get("seeds")
+    n = len(seeds) if isinstance(seeds, list) else 1 if "seed" in budget else None
+    return ((f"{seen:,} images seen" if seen else "images seen not recorded")
+            + (f", {n} seed{'s' if n != 1 else ''}" if n else ""))
+
+
+def _old_numbers(stem: str) -> dict | None:
+    p = _results() / f"{stem}.json"
+    return (json.loads(p.read_text()).get("numbers") or {}) if p.is_file() else None
+
+
+def _old_row(c) -> str:
+    """One earlier-budget comparison (``sodlab.bench.show.Comparison``) as a table row."""
+    pairs = [v for v in c.per_seed.values() if isinstance(v, (list, tuple))]
+    mean_a = sum(p[0] for p in pairs) / len(pairs) if pairs else c.mean_a
+    mean_b = sum(p[1] for p in pairs) / len(pairs) if pairs else c.mean_b
+    diffs = [p[1] - p[0] if isinstance(p, (list, tuple)) else p for p in c.per_seed.values()]
+    return (f"| {c.b} vs {c.a} | {_fmt(mean_a)} | {_fmt(mean_b)} | "
+            f"{' / '.join(_signed(d) for d in diffs) or '—'} | {c.verdict} |")
+
+
+def _old_lines(spec: Ours, stem: str) -> list[str]:
+    """The earlier budget's comparisons on ``spec.metric`` (``results/<stem>.json``)."""
+    from sodlab.bench.show import comparisons
+
+    numbers = _old_numbers(stem)
+    if numbers is None:
+        return ["No earlier-budget result is committed either."]
+    comps = [c for c in comparisons(stem) if c.metric == spec.metric and _shown(spec, c.b)]
+    head = (f"The earlier budget ({_old_seen(numbers)}, `results/{stem}.json`), "
+            f"{_OLD_RULE}:")
+    if not comps:
+        return [f"The earlier budget (`results/{stem}.json`) holds no comparison on "
+                f"{spec.metric} for this table."]
+    return [head, "", f"| B vs A | A, {spec.metric} | B | B − A per seed | verdict |",
+            "|---|---|---|---|---|", *(_old_row(c) for c in comps)]
+
+
+def _fact_lines(spec: Ours, stem: str) -> list[str]:
+    """The section's named facts from ``results/<stem>.json`` ("not committed" if absent)."""
+    if not spec.facts:
+        return []
+    from sodlab.bench.report import flatten
+
+    numbers = _old_numbers(stem)
+    flat = flatten(numbers) if numbers is not None else {}
+    where = (f"`results/{stem}.json`, the earlier budget ({_old_seen(numbers)})"
+             if numbers is not None
+             else f"`results/{stem}.json`: not committed")
+    lines = [f"From {where}:", ""]
+    for label, keys in spec.facts:
+        vals = [_value(flat[k]) if k in flat else "not committed" for k in keys]
+        lines.append(f"- {label}: {' / '.join(vals)}.")
+    return lines
+
+
+def render_ours(spec: Ours) -> str:
+    """One "ours" section of docs/methods.md (``OURS``): the study at the full budget, or the
+    command to run it and the earlier budget's numbers; then the section's facts."""
+    from sodlab.bench.studies import STUDIES
+    from sodlab.bench.study_view import load_study
+
+    stem = STUDIES[spec.study].notebook
+    res = load_study(spec.study)
+    if res is not None:
+        lines = _study_lines(res, spec)
+    else:
+        lines = [f"Ours: not yet run at the full budget (`sodlab study run {spec.study} "
+                 f"--full`).", "", *_old_lines(spec, stem)]
+    facts = _fact_lines(spec, stem)
+    return "\n".join(lines + ([""] + facts if facts else []))
+
+
+# ------------------------------------------------------------ docs/methods.md: benchmarks
+
+def _bench(name: str) -> tuple[str, dict, dict] | None:
+    """(file name, result, provenance) of benchmark ``name`` in the committed
+    ``results/bench_*.json`` (``bench_<name>.json`` first), or None when none holds it."""
+    paths = sorted(_results().glob("bench_*.json"),
+                   key=lambda p: (p.name != f"bench_{name}.json", p.name))
+    for p in paths:
+        obj = json.loads(p.read_text())
+        res = (obj.get("benchmarks") or {}).get(name) if isinstance(obj, dict) else None
+        if isinstance(res, dict):
+            return p.name, res, obj.get("provenance") or {}
+    return None
+
+
+def _not_committed(name: str) -> str:
+    return (f"Ours: not committed (no `results/bench_*.json` holds the `{name}` benchmark; "
+            f"`sodlab bench --full --only {name}` measures it).")
+
+
+def _mode(prov: dict) -> str:
+    return f"{prov.get('mode') or 'unknown'} mode"
+
+
+def render_sliding_speed() -> str:
+    """Notebook 01's speed-up of the fully-convolutional pass over crop-and-classify."""
+    found = _bench("sliding")
+    if found is None:
+        return _not_committed("sliding")
+    name, b, prov = found
+    h, w = b["image"]
+    return (f"Ours (`results/{name}`, `sliding`, {_mode(prov)}, {b.get('threads')} threads): "
+            f"the fully-convolutional pass scores {_fmt(b['fcn_windows_per_s'])} windows/s, "
+            f"crop-and-classify {_fmt(b['crop_windows_per_s'])}: {b['speedup']:.1f}× "
+            f"(overlap bound {b['window']}²/{b['stride']}² = {b['overlap_ratio']:g}×; the "
+            f"network's multiply-add bound {_fmt(b.get('mac_bound'))}×), {w} × {h} image, "
+            f"{b['window']} px windows, stride {b['stride']}, the same classifier and windows.")
+
+
+def render_vga_speed() -> str:
+    """Frames/s on one VGA image, one thread, per preset (the ``train_speed`` benchmark)."""
+    found = _bench("train_speed")
+    if found is None:
+        return _not_committed("train_speed")
+    name, b, prov = found
+    presets = b.get("presets") or {}
+    fps = [f"`{p}` {1000 / presets[p]['vga_ms_1t']:.1f}" for p in ("faceboxes", "fpn", "s3fd")
+           if (presets.get(p) or {}).get("vga_ms_1t")]
+    if not fps:
+        return _not_committed("train_speed") + " Its file holds no VGA timing."
+    return (f"Ours (`results/{name}`, `train_speed`, {_mode(prov)}): VGA frames/s on one "
+            f"thread (median forward and post-processing of one image): {', '.join(fps)}.")
+
+
+def render_recipe_cost() -> str:
+    """The multi-scale recipes' cost against single scale (the ``recipe_speed`` benchmark)."""
+    found = _bench("recipe_speed")
+    if found is None:
+        return _not_committed("recipe_speed")
+    name, b, prov = found
+    step, pix = b.get("train_step_vs_single") or {}, b.get("train_pixels_vs_single") or {}
+    cost = "; ".join(f"{k}: step time {v:.2f}×, pixels {pix.get(k, float('nan')):.2f}×"
+                     for k, v in step.items() if k != "single scale")
+    test = b.get("test_multi_vs_single")
+    return (f"Cost (`results/{name}`, `recipe_speed`, {_mode(prov)}, {b.get('precision')}, "
+            f"{b.get('threads')} threads, {b.get('input_size')} px images, {b.get('chip')} px "
+            f"chips), per training step against single scale: {cost}. The three-scale test: "
+            f"{'not committed' if test is None else f'{test:.2f}×'} a single-scale test's time.")
+
+
+# docs/methods.md's sections, in the order the file holds them.
+METHODS_SECTIONS = ("ours_sliding_speed", "ours_augmentation", "ours_fpn", "ours_ssh",
+                    "ours_snip", "ours_sniper", "ours_recipe_cost", "ours_sliced_inference",
+                    "ours_faceboxes", "ours_vga_speed", "ours_s3fd", "ours_perceptual_gan",
+                    "ours_pyramidbox", "ours_relation_networks", "ours_tiny_objects",
+                    "ours_wider")
+
+RENDER = {"curve": render_curve, "studies": render_studies, "old_results": render_old_results,
+          "ours_sliding_speed": render_sliding_speed, "ours_vga_speed": render_vga_speed,
+          "ours_recipe_cost": render_recipe_cost,
+          **{name: functools.partial(render_ours, spec) for name, spec in OURS.items()}}
 
 
 def render(name: str) -> str:
     if name not in RENDER:
-        raise InputError(f"unknown README section {name!r}; known: {', '.join(SECTIONS)}")
+        raise InputError(f"unknown generated section {name!r}; known: {', '.join(RENDER)}")
     return RENDER[name]()
 
 
@@ -116,11 +401,12 @@ def _pattern(name: str) -> re.Pattern:
 
 
 # The files with generated sections, and the sections each must hold.
-FILES = {"README.md": SECTIONS, "docs/design.md": ("curve",)}
+FILES = {"README.md": SECTIONS, "docs/design.md": ("curve",),
+         "docs/methods.md": METHODS_SECTIONS}
 
 
 def updated(text: str, sections: tuple[str, ...] = SECTIONS) -> str:
-    """``text`` (a README) with every generated section rendered anew."""
+    """``text`` (a README or doc) with each of its generated ``sections`` rendered anew."""
     for name in sections:
         pat = _pattern(name)
         if not pat.search(text):
@@ -154,4 +440,6 @@ if __name__ == "__main__":
     raise SystemExit(refresh())
 
 
-__all__ = ["SECTIONS", "FILES", "render", "updated", "refresh"]
+__all__ = ["SECTIONS", "METHODS_SECTIONS", "OURS", "Ours", "FILES", "render", "render_ours",
+           "render_sliding_speed", "render_vga_speed", "render_recipe_cost", "updated",
+           "refresh"]
