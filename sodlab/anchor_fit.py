@@ -1,4 +1,5 @@
-"""Anchors fitted to a data set's own objects, and the best possible recall before and after.
+"""Anchors fitted to a data set's own objects, the best possible recall before and after, and
+NWD / DotD thresholds calibrated to IoU's matching on the same anchors.
 
 Layer L3 (reads ``sodlab.detector`` configs; below it only L0/L1). Used by ``sodlab anchors
 fit``. Follows YOLOv2's dimension clusters (Redmon & Farhadi 2017, "YOLO9000": k-means on
@@ -56,8 +57,33 @@ FaceBoxes' rule does. k-means minimises the shape mismatch, not BPR on a grid of
 centres: with few sizes, small fitted anchors on a coarse stride can match fewer boxes
 than the preset's, which is why the recall is measured after fitting rather than assumed.
 
+Threshold calibration (``calibrate_thresholds``): NWD and DotD (``sodlab.matching.
+similarity``) have thresholds of their own (``nwd_pos`` / ``nwd_neg`` / ``nwd_min``, the
+same for ``dotd``); the config's defaults are the NWD paper's RPN thresholds on AI-TOD
+(0.7 / 0.3), which on other anchors and data make many times more anchors positive than
+IoU does, so a comparison of matchers at those values measures how many anchors each
+makes positive more than which. The rule here maps the config's IoU thresholds onto each
+measure's scale on the training boxes at the input size (resized and tiled as for the
+recall above, every anchor of the padded image) and ``cfg``'s own matching rule: the
+positive threshold is the one at which the positive anchors per trained object (the
+threshold stage with the low-quality rescue where ``low_quality`` is on: each object's
+best anchors, all of them on a tie) equal IoU's at ``pos_iou``; the negative threshold the
+one at which the anchors left ignored (best similarity between the two thresholds, not
+rescued) per object equal IoU's between ``neg_iou`` and ``pos_iou``; and, for presets that
+compensate (S3FD), the ``min`` threshold the one at which the (object, anchor) pairs above
+it per object, the compensation's candidates, equal IoU's above 0.1. Positives are counted
+without the compensation stage, which tops every object up to the same N whatever the
+measure. Each threshold is found by bisection on a grid of ``THRESHOLD_STEPS`` steps of [0,
+1] (counts of every anchor's best similarity binned on the grid, so one pass per measure
+serves every threshold), as the grid step whose count is nearest the target; a second pass
+then counts exactly at the thresholds found. Where no threshold reaches the target (the
+rescue alone gives more positives, as DotD's does: the anchors of every ratio at the
+nearest centre tie), the positive threshold is 1. Counts are reported per size bucket on
+sqrt(w h) at the input size (``CALIBRATION_EDGES``: AI-TOD's ranges, half-open).
+
 Dimension legend: I images, N boxes of one image, M boxes of the split, k clusters,
-A anchors of an image (A' those near its boxes), L levels, S anchor shapes of a level.
+A anchors of an image (A' those near its boxes), L levels (size buckets in the
+calibration), S anchor shapes of a level, R the calibration's threshold steps.
 """
 
 from __future__ import annotations
@@ -84,7 +110,7 @@ from sodlab.detector import (
     scaled_anchor_sizes,
 )
 from sodlab.errors import InputError
-from sodlab.matching import match_anchors
+from sodlab.matching import match_anchors, threshold_stage_parts
 
 RATIO_MERGE = 1.25  # ratios closer than this factor merge (one shape would do for both)
 BPR_BUCKETS = (*BUCKETS, "all")
@@ -446,3 +472,237 @@ def fit_preset(preset: str, data: TrainingBoxes, *, k: int | None = None, seed: 
             "overrides": overrides,
             "anchors": {"before": anchors_per_image(cfg), "after": anchors_per_image(after)},
             **_recalls(cfg, after, data)}
+
+
+# --------------------------------------------------------------------------- threshold calibration
+CALIBRATED = ("nwd", "dotd")  # the measures whose thresholds ``calibrate_thresholds`` maps
+CALIBRATION_EDGES = (0.0, 8.0, 16.0, 32.0, math.inf)  # sqrt(w h) in input px: AI-TOD's
+CALIBRATION_BUCKETS = ("verytiny", "tiny", "small", "medium")
+THRESHOLD_STEPS = 10_000  # the calibration's threshold grid: multiples of 1 / THRESHOLD_STEPS
+
+
+@dataclass
+class _Image:
+    """One image as the matcher sees it: its anchors ``[A, 4]`` (padded image), trained boxes
+    ``[N, 4]`` at the input size and each box's size bucket ``[N]``."""
+
+    anchors: torch.Tensor
+    boxes: torch.Tensor
+    bucket: np.ndarray
+
+
+@dataclass
+class _Scan:
+    """What one pass of one measure over the images counted: anchors the low-quality rule
+    takes (``rescued``), the other anchors by their best similarity on the threshold grid
+    (``hist [R + 1]``, bin k = floor(best R)), the (object, anchor) pairs likewise
+    (``pairs [R + 1]``, for S3FD's compensation, else None), the pairs above ``min_t``
+    (``above_min``), and per ``(pos, neg)`` setting the positive and ignored anchors per
+    bucket (``counts[(pos, neg)] = (positives [L], ignored [L])``)."""
+
+    rescued: int
+    hist: np.ndarray
+    pairs: np.ndarray | None
+    above_min: int
+    counts: dict
+
+
+def _calibration_images(cfg: DetectorConfig, boxes: Sequence[np.ndarray],
+                        image_size: Sequence[tuple[int, int]], max_images: int | None,
+                        edges: Sequence[float]) -> list[_Image]:
+    """The images with a trained box, resized as training resizes them; ``max_images``
+    evenly spaced ones when there are more (every one for None)."""
+    if len(boxes) != len(image_size):
+        raise InputError("boxes and image_size need one entry per image")
+    if max_images is not None and max_images < 1:
+        raise InputError(f"max_images must be >= 1 or None, got {max_images}")
+    keep = [i for i, b in enumerate(boxes) if len(np.asarray(b).reshape(-1, 4))]
+    if max_images is not None and len(keep) > max_images:
+        keep = [keep[int(j)] for j in np.unique(np.linspace(0, len(keep) - 1, max_images).round())]
+    resized, hws = resized_boxes([boxes[i] for i in keep], [image_size[i] for i in keep],
+                                 cfg.input_size)
+    levels, grids, out = level_specs(cfg), {}, []
+    for b, (h, w) in zip(resized, hws):
+        padded = (_padded(h), _padded(w))
+        if padded not in grids:
+            grids[padded] = all_anchors(levels, padded)  # [A, 4]
+        size = np.sqrt(np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1))  # [N]
+        bucket = np.searchsorted(np.asarray(edges[1:-1]), size, side="right")  # [N]
+        out.append(_Image(grids[padded], torch.from_numpy(b), bucket))
+    if not out:
+        raise InputError("no trained boxes to calibrate on (every box is crowd or empty)")
+    return out
+
+
+def _grid_bins(values: torch.Tensor) -> torch.Tensor:
+    """Counts of ``values`` in [0, 1] by threshold-grid bin floor(v R). ``[R + 1]`` int64."""
+    k = (values.double() * THRESHOLD_STEPS).floor().long().clamp_(0, THRESHOLD_STEPS)
+    return torch.bincount(k.flatten(), minlength=THRESHOLD_STEPS + 1)
+
+
+def _scan(images: list[_Image], kind: str, constant: float | None, low_quality: bool,
+          settings: Sequence[tuple[float, float]], *, grid: bool, pairs: bool,
+          min_t: float, nb: int) -> _Scan:
+    """One pass of measure ``kind`` over ``images`` (``_Scan``); ``grid`` / ``pairs`` turn
+    the histograms on. Exact comparisons for ``settings`` and ``min_t``, as the matcher's."""
+    scan = _Scan(0, np.zeros(THRESHOLD_STEPS + 1, np.int64),
+                 np.zeros(THRESHOLD_STEPS + 1, np.int64) if pairs else None, 0,
+                 {s: (np.zeros(nb), np.zeros(nb)) for s in settings})
+    for im in images:
+        sim, best, owner, rescued = threshold_stage_parts(
+            im.anchors, im.boxes, kind=kind, constant=constant,
+            allow_low_quality=low_quality)  # [N, A], [A] x3
+        n = len(im.boxes)
+        scan.rescued += int(rescued.sum())
+        if grid:
+            scan.hist += _grid_bins(best[~rescued]).numpy()
+        if pairs:
+            scan.pairs += _grid_bins(sim).numpy()
+            scan.above_min += int((sim > min_t).sum())
+        for (pos, neg), (p_sum, i_sum) in scan.counts.items():
+            p = torch.bincount(owner[rescued | (best >= pos)], minlength=n).numpy()  # [N]
+            i = torch.bincount(owner[~rescued & (best >= neg) & (best < pos)],
+                               minlength=n).numpy()  # [N]
+            p_sum += np.bincount(im.bucket, weights=p, minlength=nb)
+            i_sum += np.bincount(im.bucket, weights=i, minlength=nb)
+    return scan
+
+
+def _bisect(counts: np.ndarray, target: float, hi: int = THRESHOLD_STEPS) -> int:
+    """Grid step k in [0, ``hi``] whose count is nearest ``target`` on a non-increasing
+    ``counts [R + 1]``: bisection for the first k with ``counts[k] <= target``, then that
+    step or the one before, whichever is nearer (the first on a tie)."""
+    lo, top = 0, hi
+    if counts[lo] <= target:
+        return lo
+    if counts[top] > target:
+        return top
+    while top - lo > 1:  # counts[lo] > target >= counts[top]
+        mid = (lo + top) // 2
+        if counts[mid] <= target:
+            top = mid
+        else:
+            lo = mid
+    return lo if counts[lo] - target < target - counts[top] else top
+
+
+def _suffix(hist: np.ndarray) -> np.ndarray:
+    """How many values lie at or above each grid step: ``counts[k] = sum(hist[k:])``."""
+    return np.cumsum(hist[::-1])[::-1]
+
+
+def _measure_options(cfg: DetectorConfig, kind: str) -> tuple[float, float, float, float]:
+    """``(pos, neg, min, constant)`` of measure ``kind`` in ``cfg`` (its own fields)."""
+    if kind == "nwd":
+        return cfg.nwd_pos, cfg.nwd_neg, cfg.nwd_min, cfg.nwd_constant
+    if kind == "dotd":
+        return cfg.dotd_pos, cfg.dotd_neg, cfg.dotd_min, cfg.dotd_size
+    raise InputError(f"thresholds are calibrated for {', '.join(CALIBRATED)}, not {kind!r}")
+
+
+def _map_thresholds(scan: _Scan, target: dict, compensate: bool) -> dict:
+    """A measure's thresholds on the grid from its first pass: positives, ignored anchors
+    and compensation candidates equal to IoU's ``target`` counts (module section)."""
+    above = _suffix(scan.hist)  # [R + 1] non-rescued anchors at or above each step
+    kp = _bisect(scan.rescued + above, target["positives"])
+    kn = _bisect(above - above[kp], target["ignored"], hi=kp)
+    km = _bisect(_suffix(scan.pairs), target["candidates"]) if compensate else None
+    return {"pos": kp / THRESHOLD_STEPS, "neg": kn / THRESHOLD_STEPS,
+            "min": None if km is None else km / THRESHOLD_STEPS}
+
+
+def _calibration_row(measure: str, setting: str, pos: float, neg: float,
+                     counts: tuple[np.ndarray, np.ndarray], objects: np.ndarray,
+                     names: Sequence[str]) -> dict:
+    """One row of the calibration table: positives and ignored anchors per object, by bucket
+    and over all objects (None for an empty bucket)."""
+    def per_object(total: np.ndarray) -> dict:
+        out = {b: float(t / n) if n else None for b, t, n in zip(names, total, objects)}
+        return {**out, "all": float(total.sum() / objects.sum())}
+
+    return {"measure": measure, "setting": setting, "pos": pos, "neg": neg,
+            "positives": per_object(counts[0]), "ignored": per_object(counts[1])}
+
+
+def calibrate_thresholds(cfg: DetectorConfig, boxes: Sequence[np.ndarray],
+                         image_size: Sequence[tuple[int, int]], *,
+                         kinds: Sequence[str] = CALIBRATED, max_images: int | None = None,
+                         edges: Sequence[float] = CALIBRATION_EDGES,
+                         bucket_names: Sequence[str] = CALIBRATION_BUCKETS) -> dict:
+    """NWD / DotD thresholds that make as many anchors positive and ignored per trained
+    object as ``cfg``'s IoU thresholds do, on ``cfg``'s anchors (module section).
+
+    ``boxes``: I x ``[N, 4]`` xyxy trained boxes in each image's own pixels; ``image_size``:
+    I x ``(h, w)``; ``max_images``: calibrate on that many evenly spaced images; ``edges``:
+    size buckets on sqrt(w h) in input px, named ``bucket_names``. Returns ``images``,
+    ``objects`` (per bucket and ``all``), ``rule``, ``iou`` (the config's thresholds),
+    ``per_object`` (IoU's positives, ignored anchors and, when ``cfg.compensate``,
+    compensation candidates per object: the targets), ``thresholds`` ``{kind: {"pos",
+    "neg", "min"}}`` (``min`` None without compensation) and ``table``: a row per measure
+    and setting (IoU; each kind at ``cfg``'s thresholds and calibrated) with ``positives``
+    and ``ignored`` per object by bucket.
+    """
+    if len(edges) != len(bucket_names) + 1:
+        raise InputError("edges need one more entry than bucket_names")
+    bad = [k for k in kinds if k not in CALIBRATED]
+    if bad:
+        raise InputError(f"thresholds are calibrated for {', '.join(CALIBRATED)}, not {bad}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-image tensors (see _box_hits)
+    try:
+        return _calibrate(cfg, _calibration_images(cfg, boxes, image_size, max_images, edges),
+                          kinds, list(bucket_names))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate(cfg: DetectorConfig, images: list[_Image], kinds: Sequence[str],
+               names: list[str]) -> dict:
+    """``calibrate_thresholds`` on prepared images: one IoU pass for the targets, then per
+    measure one pass for its grid and one for the exact counts at its calibrated values."""
+    nb, lq, comp = len(names), cfg.low_quality, cfg.compensate
+    objects = np.bincount(np.concatenate([im.bucket for im in images]), minlength=nb)  # [L]
+    iou_set = (cfg.pos_iou, cfg.neg_iou)
+    iou = _scan(images, "iou", None, lq, [iou_set], grid=False, pairs=comp, min_t=MIN_IOU,
+                nb=nb)
+    target = {"positives": float(iou.counts[iou_set][0].sum()),
+              "ignored": float(iou.counts[iou_set][1].sum()),
+              "candidates": float(iou.above_min) if comp else None}
+    table = [_calibration_row("IoU", "preset", *iou_set, iou.counts[iou_set], objects, names)]
+    thresholds = {}
+    for kind in kinds:
+        pos, neg, min_t, c = _measure_options(cfg, kind)
+        first = _scan(images, kind, c, lq, [(pos, neg)], grid=True, pairs=comp, min_t=min_t,
+                      nb=nb)
+        thresholds[kind] = t = _map_thresholds(first, target, comp)
+        second = _scan(images, kind, c, lq, [(t["pos"], t["neg"])], grid=False, pairs=False,
+                       min_t=0.0, nb=nb)
+        table += [_calibration_row(kind.upper() if kind == "nwd" else "DotD", setting, p, n,
+                                   counts, objects, names)
+                  for setting, (p, n), counts in
+                  (("config", (pos, neg), first.counts[(pos, neg)]),
+                   ("calibrated", (t["pos"], t["neg"]), second.counts[(t["pos"], t["neg"])]))]
+    total = float(objects.sum())
+    rule = (f"per trained object, as many positive anchors as IoU >= {cfg.pos_iou:g} gives"
+            f"{' (with the best-anchor rescue)' if lq else ''}, as many ignored as IoU in "
+            f"[{cfg.neg_iou:g}, {cfg.pos_iou:g})" +
+            (f", as many compensation candidates as IoU > {MIN_IOU:g}" if comp else ""))
+    return {"preset": cfg.preset, "input_size": cfg.input_size, "images": len(images),
+            "objects": {**{b: int(n) for b, n in zip(names, objects)}, "all": int(total)},
+            "rule": rule, "iou": {"pos": cfg.pos_iou, "neg": cfg.neg_iou,
+                                  "min": MIN_IOU if comp else None},
+            "per_object": {k: None if v is None else v / total for k, v in target.items()},
+            "thresholds": thresholds, "table": table}
+
+
+def calibrated_overrides(calibration: dict, kind: str, *,
+                         decimals: int = 2) -> tuple[tuple[str, object], ...]:
+    """The ``Technique`` overrides that train with ``kind``'s calibrated thresholds, rounded
+    to ``decimals``: ``(("matcher", kind), (kind + "_pos", ...), (kind + "_neg", ...))`` and
+    ``kind + "_min"`` where the calibration mapped it (compensating presets)."""
+    if kind not in calibration.get("thresholds", {}):
+        raise InputError(f"no calibrated thresholds for {kind!r} in this calibration")
+    t = calibration["thresholds"][kind]
+    out = [("matcher", kind)] + [(f"{kind}_{name}", round(float(t[name]), decimals))
+                                 for name in ("pos", "neg", "min") if t[name] is not None]
+    return tuple(out)

@@ -48,6 +48,10 @@ The thresholds (``pos_iou``, ``neg_iou``, ``min_iou``) then mean "similarity >= 
 context labels stay IoU. The defaults ``NWD_CONSTANT`` and ``DOTD_SIZE`` follow each paper's
 rule (the data set's mean object size) on the embedded data set as the detector sees it
 (``input_size`` 384); ``mean_object_size`` measures them on other data.
+``threshold_stage_parts`` gives what the threshold stage decides before any threshold is set
+(each anchor's best similarity, its object, the low-quality rescue), so counts at many
+thresholds need one similarity pass (``sodlab.anchor_fit.calibrate_thresholds`` maps IoU's
+thresholds onto NWD's and DotD's with it).
 
 Shapes: anchors ``[A, 4]``, boxes ``[N, 4]`` xyxy; the result ``[A]`` int64 holds the matched
 box index, ``NEGATIVE`` (-1) or ``IGNORE`` (-2); ``match_anchors_batch`` takes a list of B
@@ -327,6 +331,28 @@ def _compensate_batch(col: torch.Tensor, iou: torch.Tensor, real: torch.Tensor,
         counts_b = counts[b, :n_b]  # [N_b]
         n_img = n if n is not None else max(1, round(float(counts_b.float().mean())))
         _take_free(col[b], iou[b, :n_b].t(), counts_b, n_img, min_iou, range(n_b))
+
+
+def threshold_stage_parts(anchors: torch.Tensor, boxes: torch.Tensor, *, kind: str = "iou",
+                          constant: float | None = None, allow_low_quality: bool = True):
+    """What the threshold stage of ``match_anchors`` knows before any threshold is set, for
+    one image's trained boxes ``[N, 4]`` (N >= 1): the similarity ``sim [N, A]``, each
+    anchor's best similarity ``best [A]``, the object it would go to ``owner [A]`` and
+    whether the low-quality rule takes it ``rescued [A]`` bool (then ``owner`` is the object
+    that rule gives it, else its best object).
+
+    At thresholds ``(pos, neg)`` the stage makes an anchor positive for ``owner`` when
+    ``rescued | (best >= pos)``, ignored when ``~rescued & (neg <= best < pos)``, negative
+    otherwise: ``match_anchors`` with no crowd boxes and no compensation, for any thresholds
+    without matching again."""
+    if kind not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {kind!r}; valid: {', '.join(SIMILARITIES)}")
+    sim = _similarity_by_object(anchors, boxes.reshape(1, -1, 4).to(anchors), kind,
+                                constant)  # [1, N, A]
+    best, arg = sim[0].max(0)  # [A] best object of each anchor (the first on a tie)
+    lq = _threshold_stage(sim, math.inf, math.inf, allow_low_quality)[0]  # [A] rescue only
+    rescued = lq >= 0  # [A]
+    return sim[0], best, torch.where(rescued, lq, arg), rescued
 
 
 def match_counts(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,

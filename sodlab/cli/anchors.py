@@ -3,7 +3,10 @@
 Layer L4. Wraps ``sodlab.anchor_fit``: k-means (1 - IoU) on the training boxes' widths and
 heights at the preset's input size, the ``--set`` overrides that put those anchors on the
 preset's levels, and the best possible recall per size bucket before and after. Prints a
-table and the overrides to pass to ``sodlab train``; ``--json OUT`` writes the same.
+table and the overrides to pass to ``sodlab train``; ``--json OUT`` writes the same. With
+``--matcher nwd|dotd`` it also calibrates that measure's thresholds to the preset's IoU
+matching on the fitted anchors (``sodlab.anchor_fit.calibrate_thresholds``) and adds them to
+the printed overrides.
 """
 
 from __future__ import annotations
@@ -33,8 +36,16 @@ fitted shapes agree (faces: one), so the fitted anchors are k sizes x those rati
 Recall depends on how densely anchors tile the image as much as on their shapes: more
 sizes (a larger --k) raise it, and cost anchors (the count is printed before and after).
 
+--matcher nwd|dotd: also the thresholds at which that measure gives each training box, on
+average, as many positive anchors as IoU >= pos_iou does on the fitted anchors (with the
+preset's best-anchor rescue), and leaves as many ignored as IoU between neg_iou and pos_iou
+(and, for s3fd and pyramidbox, as many compensation candidates as IoU > 0.1); found by
+bisection on a grid of the measure's scale, printed rounded to 2 decimals with the mean
+positives per box by size (AI-TOD's buckets on sqrt(w h) at the input size).
+
 examples:
   sodlab anchors fit --data data/synth/quick-seed0 --preset fpn
+  sodlab anchors fit --data data/synth/quick-seed0 --preset fpn --matcher nwd
   sodlab anchors fit --data my_root --preset s3fd --k 8 --set input_size=512 --json fit.json
 """
 
@@ -64,6 +75,9 @@ def register(sub) -> None:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override the anchors are fitted for, as in 'sodlab train' "
                    "(repeatable; e.g. input_size=512); repeated in the printed line")
+    f.add_argument("--matcher", choices=("nwd", "dotd"), default=None,
+                   help="also calibrate this measure's thresholds to the preset's IoU matching "
+                   "on the fitted anchors, and add them to the printed overrides")
     f.add_argument("--json", metavar="OUT", default=None, help="also write the result as JSON")
     f.set_defaults(func=run_fit)
 
@@ -106,8 +120,38 @@ def _print_report(rep: dict, split_dir) -> None:
         print("  * the threshold stage alone, without S3FD compensation")
     print(f"anchors per {rep['input_size']} x {rep['input_size']} image: "
           f"{rep['anchors']['before']} before, {rep['anchors']['after']} after")
+    if "calibration" in rep:
+        _print_calibration(rep["calibration"], rep["matcher"])
     print("train with:")
     print("  " + " ".join(f"--set {shlex.quote(o)}" for o in rep["overrides"]))
+
+
+def _print_calibration(cal: dict, kind: str) -> None:
+    """The calibrated thresholds and the mean positives per box by size, IoU beside them."""
+    t = cal["thresholds"][kind]
+    print(f"{kind} thresholds calibrated on the fitted anchors ({cal['rule']}): " +
+          ", ".join(f"{kind}_{k} {v:.4f}" for k, v in t.items() if v is not None))
+    rows = [r for r in cal["table"] if r["measure"] == "IoU" or r["measure"].lower() == kind]
+    buckets = list(rows[0]["positives"])
+    print(f"  positives per box  {'':<18}" + "".join(f"{b:>10}" for b in buckets))
+    for r in rows:
+        label = f"{r['measure']} {r['setting']} ({r['pos']:g} / {r['neg']:g})"
+        print(f"  {label:<37}" + "".join("-".rjust(10) if r["positives"][b] is None else
+                                        f"{r['positives'][b]:>10.2f}" for b in buckets))
+
+
+def _with_calibration(rep: dict, data, kind: str) -> dict:
+    """``rep`` with ``matcher``, ``calibration`` (``calibrate_thresholds`` on the fitted
+    anchors) and the overrides that train with the measure at its calibrated thresholds."""
+    from sodlab.anchor_fit import calibrate_thresholds, calibrated_overrides, override_args
+    from sodlab.detector import make_config
+
+    cfg = make_config(rep["preset"], num_classes=data.num_classes, overrides=rep["overrides"])
+    cal = calibrate_thresholds(cfg, data.boxes, data.image_size, kinds=(kind,))
+    extra = dict(calibrated_overrides(cal, kind))
+    kept = [o for o in rep["overrides"] if o.split("=", 1)[0].strip() not in extra]
+    return {**rep, "matcher": kind, "calibration": cal,
+            "overrides": kept + override_args(extra)}
 
 
 def run_fit(args) -> int:
@@ -128,6 +172,8 @@ def run_fit(args) -> int:
     data = load_training_boxes(split_dir)
     rep = fit_preset(args.preset, data, k=args.k, seed=args.seed, iters=args.iters,
                      base_overrides=args.overrides)
+    if args.matcher:
+        rep = _with_calibration(rep, data, args.matcher)
     _print_report(rep, split_dir)
     if args.json:
         write_json(args.json, {"data": str(split_dir), **rep})
