@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 # Run in this order by ``sodlab bench``.
-BENCHMARKS: list[str] = ["eval_speed", "train_speed", "step_speed", "sliding", "augment_speed",
-                         "recipe_speed", "quality", "precision", "suite"]
+BENCHMARKS: list[str] = ["eval_speed", "train_speed", "step_speed", "data_path", "sliding",
+                         "augment_speed", "recipe_speed", "quality", "precision", "suite"]
 
 
 def _dataset_hash(data_dir: str | os.PathLike | None) -> str | None:

@@ -15,10 +15,12 @@ embedded dataset (data loading not timed):
 - ``phases_ms``: ``train_step``'s own phase clock (forward with loss, finite-loss check,
   backward, clipping, optimizer) per batch;
 - ``compiled``: the same steps with the model wrapped in ``torch.compile`` (inductor on the
-  CPU) when asked (``compile=True``): seconds to compile (the first steps), the steady rate,
-  its ratio to eager, and the largest relative difference of the losses of the first steps
-  from the same initial weights (compiled kernels round differently, so a cache entry
-  trained one way is not bit-identical to the other).
+  CPU), only when asked (``compile=True``): seconds to compile (the first steps), the steady
+  rate, its ratio to eager, and the largest relative difference of the losses of the first
+  steps from the same initial weights (compiled kernels round differently, so a cache entry
+  trained one way is not bit-identical to the other). Off by default: on the whole detector
+  it was measured far slower than eager, because the matching's data-dependent shapes break
+  the graph and every padded batch shape compiles again; the engine does not compile.
 
 ``sodlab bench --only step_speed`` writes it; quick mode times a few steps of ``fpn`` only.
 """
@@ -147,8 +149,8 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
         compile: bool | None = None, steps: int | None = None) -> dict:
     """Every preset's step profile beside the yardstick, in one process (module docstring).
 
-    Quick: ``fpn`` only, 3 timed steps, no compilation. Full: ``PRESETS``, 12 timed steps,
-    ``torch.compile`` measured too.
+    Quick: ``fpn`` only, 3 timed steps. Full: ``PRESETS``, 12 timed steps. ``compile``:
+    measure ``torch.compile`` too (minutes of compiling per preset).
     """
     from sodlab.data import ensure_dataset
     from sodlab.engine.precision import resolve_precision
@@ -157,7 +159,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | Path | N
     prec = resolve_precision(precision)
     presets = list(presets or (("fpn",) if quick else PRESETS))
     steps = int(steps or (3 if quick else 12))
-    compile = (not quick) if compile is None else bool(compile)
+    compile = bool(compile)
     yard = yardstick_rate(prec, steps=2 if quick else 6)
     rows = {}
     for p in presets:
