@@ -75,3 +75,78 @@ def test_benchmarks_and_facts_no_file_holds_are_not_committed(tmp_path, monkeypa
     text = readme.render_ours(readme.OURS["ours_ssh"])
     assert "No earlier-budget result is committed either" in text
     assert "px: not committed / not committed / not committed." in text
+
+
+README = METHODS.parents[1] / "README.md"
+# a number a run gives: a decimal, a ratio, a percentage or a rate
+RUN_NUMBER = re.compile(r"\d\.\d|\d\s*(?:×|%|FPS|ms\b|s each|images/s|GFLOP/s)")
+
+
+def test_the_benchmark_section_types_no_number_outside_generated_sections():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## The benchmark", 1)[1].split("\n## ", 1)[0]
+    assert "<!-- generated: benchmarks -->" in section
+    typed = [line for line in GENERATED.sub("", section).splitlines()
+             if RUN_NUMBER.search(line)]
+    assert not typed, f"numbers typed into README's benchmark section (generate them): {typed}"
+
+
+def test_every_benchmark_has_an_item_and_a_missing_file_says_not_committed(tmp_path,
+                                                                             monkeypatch):
+    from sodlab.bench import BENCHMARKS
+
+    monkeypatch.setattr(readme, "_results", lambda: tmp_path)
+    text = readme.render_benchmark_results()
+    for name in BENCHMARKS:
+        assert (f"- `{name}`: not committed yet (`sodlab bench --full --only {name}`)."
+                in text), name
+
+
+def _write_bench(folder: Path, name: str, result: dict) -> None:
+    """A file as ``sodlab bench --only NAME --out results/bench_NAME.json`` writes it."""
+    prov = {"mode": "full", "time": "2026-12-08T01:02:03+00:00", "threads": 2,
+            "cpu": "AMD EPYC", "cpu_count": 2}
+    (folder / f"bench_{name}.json").write_text(json.dumps(
+        {"benchmarks": {name: result}, "skipped": {}, "failed": {}, "seconds": {name: 1.0},
+         "provenance": prov}))
+
+
+def test_step_speed_and_data_path_render_once_their_files_land(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "_results", lambda: tmp_path)
+    ops = [{"operator": f"op{i}", "ms_per_step": 1.0, "share": s, "backward": i == 1}
+           for i, s in enumerate((0.1, 0.4, 0.2, 0.05))]
+    _write_bench(tmp_path, "step_speed", {
+        "precision": "bf16", "threads": 2, "yardstick": "resnet18",
+        "yardstick_images_per_s": 40.0, "presets": {"fpn": {
+            "images_per_s": 20.0, "vs_yardstick": 0.5, "phases_ms": {"backward": 9.0},
+            "operators": ops}}})
+    _write_bench(tmp_path, "data_path", {
+        "preset": "fpn", "precision": "bf16", "images_per_s": {"compute": 50.0, "decode": 25.0},
+        "vs_compute": {"compute": 1.0, "decode": 0.5}, "pixel_cache_build_s": 3.0})
+    text = readme.render_benchmark_results()
+    step = next(line for line in text.splitlines() if line.startswith("- `step_speed`"))
+    assert "`fpn` 0.50× the yardstick's images/s" in step
+    assert "`op1` 40.0 % (backward), `op2` 20.0 %, `op0` 10.0 %)" in step and "op3" not in step
+    assert "`results/bench_step_speed.json`, full mode, 2026-12-08, 2 threads, AMD EPYC" in step
+    assert "`decode` 0.50×" in text and "`compute` 1.00×" not in text
+
+
+def test_a_bare_result_file_is_read_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme, "_results", lambda: tmp_path)
+    (tmp_path / "bench_sliding.json").write_text(json.dumps(
+        {"speedup": 18.0, "overlap_ratio": 36.0, "mac_bound": 17.0, "provenance": {}}))
+    item = readme._bench_item("sliding")[0]
+    assert "18.00× the windows/s of crop-and-classify" in item
+    assert "`results/bench_sliding.json`, unknown mode" in item
+
+
+def test_pyramidbox_sections_show_the_committed_ablation_or_say_not_committed(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    rows = readme.render("ours_pyramidbox_rows")
+    assert "+ data-anchor-sampling vs s3fd" in rows and "`results/08_pyramidbox.json`" in rows
+    assert "hard-negative false alarms per image" in rows
+    monkeypatch.setattr(readme, "_results", lambda: tmp_path)
+    neck = readme.render("ours_pyramidbox_neck")
+    assert "No earlier-budget result is committed either" in neck
+    assert "no neck (`s3fd`): not committed / not committed / not committed." in neck

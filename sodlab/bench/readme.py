@@ -5,6 +5,14 @@ Layer L4. ``README.md``, ``docs/design.md`` and ``docs/methods.md`` hold section
 which file holds which); ``render(name)`` writes each from ``results/``, so no number of
 ours is typed by hand:
 
+- ``benchmarks`` (README's "The benchmark"): one item per benchmark of
+  ``sodlab.bench.BENCHMARKS``, its key facts as ratios where it measures side by side, each
+  with its file and the provenance's mode, date, threads and CPU; ``render_benchmark_results``
+  reads ``results/bench_NAME.json`` as ``sodlab bench --only NAME --out ...`` writes it
+  (``{"benchmarks": {NAME: result}, "provenance": ...}``), a bare result file, or any
+  ``results/bench_*.json`` holding NAME; ``train_speed`` adds the committed runs beside it
+  (fast path, batched matching, SSDlite) and ``quality`` reads ``results/quality.json``. A
+  benchmark no file holds reads "not committed yet" with the command that makes it;
 - ``curve``: the learning curve (``results/budget_curve.json``): AP_small per preset and
   budget multiple, the multiple the full budget was set from, the full budget in force;
 - ``studies``: each notebook's study (``results/studies/NAME.json``) at the full budget: one
@@ -19,6 +27,9 @@ ours is typed by hand:
   makes it, then the same comparisons from the notebook's earlier-budget
   ``results/NN_*.json`` under the older unpaired rule. Either way it adds the section's
   named facts from that file (numbers a study does not record, such as receptive fields).
+  PyramidBox has three: the ablation row by row on AP_tiny with every metric's means
+  (``ours_pyramidbox_rows``), the neck (``ours_pyramidbox_neck``: no neck against LFPN, per
+  seed, and the receptive fields), and AP_small beside the paper (``ours_pyramidbox``).
   Three more read the committed benchmarks (``results/bench_*.json``): the sliding-window
   speed-up, the VGA frame rates, the cost of the multi-scale recipes; a benchmark no
   committed file holds is said to be not committed.
@@ -38,7 +49,7 @@ from typing import NamedTuple
 
 from sodlab.errors import InputError
 
-SECTIONS = ("curve", "studies", "old_results")
+SECTIONS = ("benchmarks", "curve", "studies", "old_results")
 
 
 def _results() -> Path:
@@ -135,6 +146,19 @@ _SLICING = ("full image", "tiles 1x, nms", "tiles 2x up, nms", "tiles 1x, merge"
 _RN = ("RoI head + NMS", "RoI head + soft-NMS", "RoI head + learned NMS", "relation + NMS",
        "relation + soft-NMS", "relation + learned NMS")
 _SOFT = ("RoI head + NMS", "RoI head + soft-NMS", "relation + soft-NMS")
+_PB = ("s3fd", "+ LFPN", "+ PyramidAnchors", "+ CPM", "+ max-in-out", "+ data-anchor-sampling")
+_NECKS = ("plain (s3fd)", "LFPN from stride 32", "top-down from the top (stride 128)")
+
+
+def _pb_row_fact(label: str, metric: str) -> tuple[str, tuple[str, ...]]:
+    """PyramidBox's ablation rows on one metric, mean of the seeds (08's ``by_step``)."""
+    return (f"{label}, mean of the seeds: " + " / ".join(_PB),
+            tuple(f"by_step.{row}.{metric}" for row in _PB))
+
+
+def _pb_seed_fact(label: str, row: str) -> tuple[str, tuple[str, ...]]:
+    return (f"AP_small of seeds 0 / 1 / 2, {label}",
+            tuple(f"per_seed.{row}.{seed}.AP_small" for seed in (0, 1, 2)))
 
 # docs/methods.md's "ours" sections of a study, by section name.
 OURS: dict[str, Ours] = {
@@ -160,6 +184,22 @@ OURS: dict[str, Ours] = {
          "0.35 + compensation", tuple(f"unmatched_share_tiny.s3fd ({k})"
                                       for k in ("0.5", "0.35", "0.35 + compensation"))),)),
     "ours_perceptual_gan": Ours("perceptual_gan"),
+    "ours_pyramidbox_rows": Ours("pyramidbox", metric="AP_tiny", facts=(
+        _pb_row_fact("AP", "AP"), _pb_row_fact("AP_small", "AP_small"),
+        _pb_row_fact("AP_tiny", "AP_tiny"), _pb_row_fact("R50_tiny", "R50_tiny"),
+        _pb_row_fact("hard-negative false alarms per image", "hn_fp_per_image"),
+        ("median face side after the training resize, px: ResizeLongest / "
+         "data-anchor-sampling", tuple(f"das_face_side_median_px.{k}"
+                                       for k in ("ResizeLongest", "data-anchor-sampling"))))),
+    "ours_pyramidbox_neck": Ours("pyramidbox", only=r"^\+ LFPN$", facts=(
+        _pb_seed_fact("no neck (`s3fd`)", "s3fd"),
+        _pb_seed_fact("LFPN merging by product, the paper's (`+ LFPN`)", "+ LFPN"),
+        ("AP_tiny, mean of the seeds, no neck / LFPN",
+         ("by_step.s3fd.AP_tiny", "by_step.+ LFPN.AP_tiny")),
+        ("theoretical receptive field at stride 4, px: " + " / ".join(_NECKS),
+         tuple(f"rf_px.{k}.4" for k in _NECKS)),
+        ("side of the square holding 95 % of the effective receptive field at stride 4, "
+         "untrained, px, same order", tuple(f"erf95_p4_px.{k}" for k in _NECKS)))),
     "ours_pyramidbox": Ours("pyramidbox"),
     "ours_relation_networks": Ours("relation_networks", facts=(
         ("AP_small, mean of the seeds, with soft-NMS (a post-processing the study does not "
@@ -315,9 +355,13 @@ def _bench(name: str) -> tuple[str, dict, dict] | None:
                    key=lambda p: (p.name != f"bench_{name}.json", p.name))
     for p in paths:
         obj = json.loads(p.read_text())
-        res = (obj.get("benchmarks") or {}).get(name) if isinstance(obj, dict) else None
+        if not isinstance(obj, dict):
+            continue
+        res = (obj.get("benchmarks") or {}).get(name)
+        if res is None and p.name == f"bench_{name}.json" and "benchmarks" not in obj:
+            res = {k: v for k, v in obj.items() if k != "provenance"}  # a bare result
         if isinstance(res, dict):
-            return p.name, res, obj.get("provenance") or {}
+            return p.name, res, obj.get("provenance") or res.get("provenance") or {}
     return None
 
 
@@ -376,14 +420,247 @@ def render_recipe_cost() -> str:
             f"{'not committed' if test is None else f'{test:.2f}×'} a single-scale test's time.")
 
 
+# --------------------------------------------------------------- README.md: benchmarks
+
+def _where(fname: str, prov: dict, notes: dict | None = None) -> str:
+    """``results/<fname>`` and the provenance's mode, date, threads and CPU (when recorded)."""
+    parts = [f"`results/{fname}`", _mode(prov)]
+    if prov.get("time"):
+        parts.append(str(prov["time"])[:10])
+    if prov.get("threads"):
+        parts.append(f"{prov['threads']} thread{'s' if prov['threads'] != 1 else ''}")
+    if prov.get("cpu"):
+        cores = prov.get("cpu_count")
+        parts.append(f"{prov['cpu']}{f' ({cores} cores)' if cores else ''}")
+    if (notes or {}).get("machine"):
+        parts.append(f"machine {notes['machine']}")
+    return ", ".join(parts)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _times(x) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a and b else None
+
+
+def _eval_speed_line(b: dict) -> str:
+    if b.get("speedup") is None:
+        return f"no pycocotools comparison recorded ({b.get('note') or 'no ratio'})"
+    diff = b.get("max_abs_diff")
+    return (f"faster-coco-eval {_times(b['speedup'])} as fast as pycocotools on the same "
+            f"{b['n_images']:,} images and {b['n_dets']:,} detections; largest difference of "
+            f"any metric {'—' if diff is None else f'{diff:.1g}'}")
+
+
+def _presets_vs_baseline(b: dict) -> str:
+    """Each preset's training images/s over ``baseline``'s, from one ``train_speed`` run."""
+    presets = b.get("presets") or {}
+    base = (presets.get("baseline") or {}).get("train_images_per_s")
+    rel = [f"`{p}` {_times(_ratio(r.get('train_images_per_s'), base))}"
+           for p, r in presets.items() if p != "baseline"]
+    return ("training images/s against `baseline`'s in the same run (batch "
+            f"{next(iter(presets.values()), {}).get('batch_size')}): "
+            + ", ".join(rel)) if base and rel else "no `baseline` rate to compare with"
+
+
+def _vga_vs(row: dict, ssd: dict) -> str | None:
+    """One model's VGA frames/s on one thread over SSDlite's, fp32 and the fast path."""
+    fp32 = _ratio(row.get("vga_fps_1t"), ssd.get("vga_fps_1t"))
+    if fp32 is None:
+        return None
+    fast = _ratio(row.get("vga_fps_1t_fast"), ssd.get("vga_fps_1t_fast"))
+    if fast is None:
+        return _times(fp32)
+    return f"{_times(fp32)} in fp32, {_times(fast)} both in {row.get('fast_precision')}"
+
+
+def _vs_ssdlite(rows: dict, budget) -> str:
+    """Each model beside SSDlite, trained for the same seconds: AP_small, VGA frame rates."""
+    ssd = rows.get("ssdlite320_mobilenet_v3") or {}
+    ours = {k: v for k, v in rows.items()
+            if isinstance(v, dict) and k != "ssdlite320_mobilenet_v3"}
+    ap = " / ".join(f"`{k}` {_fmt(v.get('AP_small'))}" for k, v in ours.items())
+    fps = [f"`{k}` {_vga_vs(v, ssd)}" for k, v in ours.items() if _vga_vs(v, ssd)]
+    text = (f"against torchvision's SSDlite, {_value(budget)} s of training each from "
+            f"scratch: AP_small {ap} vs SSDlite {_fmt(ssd.get('AP_small'))}")
+    return text + (f"; VGA frames/s on one thread over SSDlite's: {', '.join(fps)}"
+                   if fps else "")
+
+
+def _fast_vs_fp32(presets: dict) -> str:
+    """The fast path (bf16 + channels-last) over fp32, side by side, per preset."""
+    parts = []
+    for p, r in presets.items():
+        vga = _ratio(r.get("vga_ms_1t"), r.get("vga_ms_1t_fast"))
+        parts.append(f"`{p}` {_times(r.get('fast_vs_fp32'))} (end to end with data loading "
+                     f"{_times(r.get('fast_vs_fp32_e2e'))}; VGA on one thread "
+                     f"{_times(vga)} as fast)")
+    return "; ".join(parts)
+
+
+def _train_speed_lines() -> list[str]:
+    """The ``train_speed`` benchmark and the committed runs beside it, one sub-item each."""
+    lines = []
+    found = _bench("train_speed")
+    if found is not None:
+        name, b, prov = found
+        lines.append(f"{_presets_vs_baseline(b)} ({_where(name, prov)})")
+        if b.get("vs_ssdlite"):
+            vs = b["vs_ssdlite"]
+            lines.append(f"{_vs_ssdlite(vs, vs.get('budget_s'))} ({_where(name, prov)})")
+    found = _bench("train_speed_fast_path")
+    if found is not None:
+        name, b, prov = found
+        lines.append(f"training images/s, the fast path over fp32 in one process: "
+                     f"{_fast_vs_fp32(b.get('presets') or {})} "
+                     f"({_where(name, prov, b.get('notes'))})")
+    found = _bench("train_speed_batched_matching")
+    if found is not None:
+        name, b, _ = found
+        runs = b.get("runs") or []
+        each = [_fast_vs_fp32(r.get("presets") or {}) for r in runs]
+        where = dict.fromkeys(_where(name, r.get("provenance") or {}, r.get("notes"))
+                              for r in runs)
+        lines.append(f"the same with anchor matching batched over a step's images, "
+                     f"{len(runs)} runs: " + "; ".join(each) + f" ({'; '.join(where)})")
+    for stem in ("vs_ssdlite_fast", "vs_ssdlite"):
+        found = _bench(stem)
+        if found is not None:
+            name, b, prov = found
+            rows = b.get("numbers") or b
+            lines.append(f"{_vs_ssdlite(rows, rows.get('budget_s'))} ({_where(name, prov)})")
+    return lines
+
+
+def _step_speed_line(b: dict) -> str:
+    """Each preset's train step over the yardstick's, and its three costliest operators."""
+    parts = []
+    for p, r in (b.get("presets") or {}).items():
+        ops = sorted(r.get("operators") or [], key=lambda o: -o.get("share", 0))[:3]
+        top = ", ".join(f"`{o['operator']}` {_pct(o.get('share'))}"
+                        + (" (backward)" if o.get("backward") else "") for o in ops)
+        parts.append(f"`{p}` {_times(r.get('vs_yardstick'))} the yardstick's images/s "
+                     f"(largest operators: {top or 'none recorded'})")
+    return (f"{b.get('precision')}, against {b.get('yardstick') or 'the yardstick'} in the "
+            f"same process: " + "; ".join(parts))
+
+
+def _data_path_line(b: dict) -> str:
+    ratios = ", ".join(f"`{m}` {_times(v)}" for m, v in (b.get("vs_compute") or {}).items()
+                       if m != "compute")
+    return (f"training images/s with the engine's data path over in-memory batches "
+            f"(`{b.get('preset')}`, {b.get('precision')}): {ratios}")
+
+
+def _augment_speed_line(b: dict) -> str:
+    met = "met" if b.get("meets_target") else "not met"
+    return (f"copy-paste costs {_pct(b.get('copy_paste_share_of_step'))} of the "
+            f"`{b.get('preset')}` training step per image alone, {_pct(b.get('copy_paste_context_share_of_step'))}"
+            f" with context (target < {_pct(b.get('target_share'))}: {met}); "
+            f"{_pct(b.get('copy_paste_share_of_baseline_step'))} / "
+            f"{_pct(b.get('copy_paste_context_share_of_baseline_step'))} of the far smaller "
+            f"`baseline` step; decoding the masks copy-paste needs "
+            f"{_pct(b.get('masks_share_of_step'))} of the `{b.get('preset')}` step "
+            f"({b.get('precision')}, batch {b.get('batch_size')}, {b.get('input_size')} px)")
+
+
+def _recipe_speed_line(b: dict) -> str:
+    step, pix = b.get("train_step_vs_single") or {}, b.get("train_pixels_vs_single") or {}
+    pad = b.get("train_padding_share") or {}
+    each = "; ".join(f"{k}: step {_times(v)}, pixels {_times(pix.get(k))}, padding "
+                     f"{_pct(pad.get(k))}" for k, v in step.items() if k != "single scale")
+    return (f"per training step against single scale (padding {_pct(pad.get('single scale'))})"
+            f": {each}; the three-scale test {_times(b.get('test_multi_vs_single'))} a "
+            f"single-scale test (`{b.get('preset')}`, {b.get('precision')}, "
+            f"{b.get('input_size')} px)")
+
+
+def _sliding_line(b: dict) -> str:
+    return (f"the fully-convolutional pass scores {_times(b.get('speedup'))} the windows/s of "
+            f"crop-and-classify (overlap bound {_times(b.get('overlap_ratio'))}, the network's "
+            f"multiply-add bound {_times(b.get('mac_bound'))})")
+
+
+def _precision_line(b: dict) -> str:
+    fast = b.get("fast") or "fast"
+    runs = b.get("runs") or {}
+
+    def mean(prec: str):
+        v = [r["AP_small"] for k, r in runs.items() if k.split("/")[0] == prec]
+        return sum(v) / len(v) if v else None
+
+    budget = b.get("budget") or {}
+    return (f"`{b.get('preset')}`, {budget.get('max_steps')} steps × batch "
+            f"{budget.get('batch_size')}, {len(b.get('seeds') or [])} seeds: mean AP_small {fast} "
+            f"{_fmt(mean(fast))}, fp32 {_fmt(mean('fp32'))}: "
+            f"{b.get('verdict_AP_small') or 'no verdict recorded'}")
+
+
+def _quality_line() -> str | None:
+    p = _results() / "quality.json"
+    if not p.is_file():
+        return None
+    obj = json.loads(p.read_text())
+    n = obj.get("numbers") or {}
+    means = ", ".join(f"`{k}` {_fmt((v.get('mean') or {}).get('AP_small'))}"
+                      for k, v in (n.get("presets") or {}).items())
+    dirs = "; ".join(f"`{k}` " + ", ".join(f"{m} {d}" for m, d in v.items())
+                     for k, v in (n.get("direction") or {}).items())
+    return (f"mean AP_small {means}; against `{n.get('against')}`: {dirs} "
+            f"({_where(p.name, obj.get('provenance') or {})})")
+
+
+BENCH_LINES = {"eval_speed": _eval_speed_line, "step_speed": _step_speed_line,
+               "data_path": _data_path_line, "sliding": _sliding_line,
+               "augment_speed": _augment_speed_line, "recipe_speed": _recipe_speed_line,
+               "precision": _precision_line}
+
+
+def _bench_item(name: str) -> list[str]:
+    """The README's item for benchmark ``name``: its facts and source, or not committed."""
+    todo = f"not committed yet (`sodlab bench --full --only {name}`)"
+    if name == "train_speed":
+        subs = _train_speed_lines()
+        if not subs:
+            return [f"- `{name}`: {todo}."]
+        return [f"- `{name}`:"] + [f"  - {s}." for s in subs]
+    if name == "quality":
+        line = _quality_line()
+        return [f"- `{name}`: {line or todo}."]
+    found = _bench(name)
+    if found is None:
+        return [f"- `{name}`: {todo}."]
+    fname, b, prov = found
+    render = BENCH_LINES.get(name)
+    what = render(b) if render else "the report page `reports/bench.html` renders it"
+    return [f"- `{name}`: {what} ({_where(fname, prov, b.get('notes'))})."]
+
+
+def render_benchmark_results() -> str:
+    """The README's measured results of every benchmark, in ``BENCHMARKS`` order."""
+    from sodlab.bench import BENCHMARKS
+
+    lines = []
+    for name in BENCHMARKS:
+        lines += _bench_item(name)
+    return "\n".join(line.rstrip() for line in lines)
+
+
 # docs/methods.md's sections, in the order the file holds them.
 METHODS_SECTIONS = ("ours_sliding_speed", "ours_augmentation", "ours_fpn", "ours_ssh",
                     "ours_snip", "ours_sniper", "ours_recipe_cost", "ours_sliced_inference",
                     "ours_faceboxes", "ours_vga_speed", "ours_s3fd", "ours_perceptual_gan",
-                    "ours_pyramidbox", "ours_relation_networks", "ours_tiny_objects",
-                    "ours_wider")
+                    "ours_pyramidbox_rows", "ours_pyramidbox_neck", "ours_pyramidbox",
+                    "ours_relation_networks", "ours_tiny_objects", "ours_wider")
 
-RENDER = {"curve": render_curve, "studies": render_studies, "old_results": render_old_results,
+RENDER = {"benchmarks": render_benchmark_results, "curve": render_curve,
+          "studies": render_studies, "old_results": render_old_results,
           "ours_sliding_speed": render_sliding_speed, "ours_vga_speed": render_vga_speed,
           "ours_recipe_cost": render_recipe_cost,
           **{name: functools.partial(render_ours, spec) for name, spec in OURS.items()}}
@@ -441,5 +718,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["SECTIONS", "METHODS_SECTIONS", "OURS", "Ours", "FILES", "render", "render_ours",
-           "render_sliding_speed", "render_vga_speed", "render_recipe_cost", "updated",
-           "refresh"]
+           "render_sliding_speed", "render_vga_speed", "render_recipe_cost",
+           "render_benchmark_results", "BENCH_LINES", "updated", "refresh"]
