@@ -74,10 +74,12 @@ def register(sub) -> None:
                    "$SODLAB_PIXELS; skipped with a warning when the disk is short), and later "
                    "epochs and runs read the pixels instead of decoding. Same pixels, same "
                    "weights; --no-pixel-cache decodes every time")
-    p.add_argument("--prefetch", type=int, default=1, metavar="N",
-                   help="prepare the next N batches while a step runs (default 1; 0: off); "
+    p.add_argument("--prefetch", type=int, default=0, metavar="N",
+                   help="prepare the next N batches while a step runs (default 0: off); "
                    "a background thread with --workers 0, else each worker keeps N batches "
-                   "in flight (at least 1). Same batches in the same order, same weights")
+                   "in flight (at least 1). Same batches in the same order, same weights. "
+                   "Off by default because on few cores the thread competes with the step "
+                   "(sodlab bench --only data_path measures it on your machine)")
     p.add_argument("--base", metavar="CKPT", default=None,
                    help="a trained single-shot detector's checkpoint (BASE_RUN/best.pt): "
                    "train a second stage on it, frozen (needs --stage-two)")

@@ -23,7 +23,7 @@ The data path. Loading a batch (decoding, transforms, collation) is kept off the
 critical path in two ways, neither of which changes a number (both are ``UNKEYED`` in the
 run cache): ``TrainConfig.pixel_cache`` (default on) reads decoded images from the
 on-disk pixel cache (``sodlab.data.pixel_cache``), so a PNG is decoded once per machine
-rather than once per epoch; ``TrainConfig.prefetch`` (default 1) makes the next batch
+rather than once per epoch; ``TrainConfig.prefetch`` (default 0: off) makes the next batch
 while the step runs: a ``Prefetcher`` thread over the DataLoader when ``num_workers`` is
 0, else the workers' own ``prefetch_factor``. The batches are the same, in the same
 order, since each item's randomness comes from (seed, epoch, index).
@@ -121,7 +121,10 @@ class TrainConfig:
     save_every: int = 100
     image_cache_mb: float = 2048.0  # decoded images kept in memory (speed only)
     pixel_cache: bool = True  # decoded images read from the on-disk pixel cache (speed only)
-    prefetch: int = 1  # batches prepared ahead while a step runs, 0: none (speed only)
+    # batches prepared ahead while a step runs (speed only). Off by default: with two cores
+    # and the pixel cache, the thread's transforms competed with the step's own threads and
+    # training ran slower (results/bench_data_path.json, `sodlab bench --only data_path`)
+    prefetch: int = 0
     extra: dict = field(default_factory=dict)  # recorded, not interpreted (e.g. a base model)
 
     def __post_init__(self) -> None:
