@@ -99,3 +99,12 @@ def test_show_study_prints_the_quick_flags(tmp_path, monkeypatch, capsys):
     save_study(_result(0.3))
     show_study("fpn", metrics=("AP_small",), quick=_quick(-0.2))
     assert "Trust the full run" in capsys.readouterr().out
+
+
+def test_job_line_says_how_far_and_where_the_record_came_from():
+    from sodlab.engine.study import job_line
+
+    line = job_line("ssh", 2, 12, "ssh", 1, {"metrics": {"AP_small": 0.5}}, 383.2)
+    assert line == "ssh [3/12] ssh, seed 1: trained and recorded in 383 s, AP_small 0.500"
+    line = job_line("ssh", 0, 12, "fpn", 0, {"from_record": True, "metrics": {}}, 0.1)
+    assert line == "ssh [1/12] fpn, seed 0: from its record"

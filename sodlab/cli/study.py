@@ -86,7 +86,7 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
 
         budget = budget_at(args.multiple, quick=args.quick)
     result = run_study(st, args.data, mode=mode, progress=args.progress, only=only,
-                       budget=budget)
+                       budget=budget, log=lambda line: print(line, flush=True))
     techs, comps = tables(result)
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.max_rows", 500, "display.float_format", "{:.3f}".format):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,12 @@ def ready(study: Study, root: str | os.PathLike | None = None, *, mode: str | Mo
 def run_study(study: Study, root: str | os.PathLike | None = None, *,
               mode: str | Mode = "quick", seeds: Sequence[int] | None = None,
               progress: bool = False, only: Sequence[str] | None = None,
-              budget: dict | None = None) -> dict:
+              budget: dict | None = None, log=None) -> dict:
     """Every technique's records (trained where missing), then every comparison.
 
     ``budget`` replaces the mode's budget for every technique (tests use a tiny one).
+    ``log``: called with one line per run as it ends (``job_line``), so a long run in the
+    background says how far it is.
     """
     from tqdm.auto import tqdm
 
@@ -121,10 +124,23 @@ def run_study(study: Study, root: str | os.PathLike | None = None, *,
     techs = [t for t in study.techniques if only is None or t.name in only]
     recs: dict[str, dict[int, dict]] = {t.name: {} for t in techs}
     jobs = [(t, s) for t in techs for s in seeds]
-    for t, s in tqdm(jobs, disable=not progress, desc=study.name):
+    for k, (t, s) in enumerate(tqdm(jobs, disable=not progress, desc=study.name)):
+        t0 = time.perf_counter()
         recs[t.name][s] = run_technique(t, r, seed=s, mode=m, budget=budget,
                                         progress=progress)
+        if log is not None:
+            log(job_line(study.name, k, len(jobs), t.name, s, recs[t.name][s],
+                         time.perf_counter() - t0))
     return assemble(study, recs, mode=m.name)
+
+
+def job_line(study: str, k: int, n: int, name: str, seed: int, rec: dict,
+             seconds: float) -> str:
+    """``study [k+1/n] technique, seed s: ...`` with where the record came from and AP_small."""
+    how = "from its record" if rec.get("from_record") else f"trained and recorded in {seconds:.0f} s"
+    ap = (rec.get("metrics") or {}).get("AP_small")
+    tail = "" if ap is None else f", AP_small {ap:.3f}"
+    return f"{study} [{k + 1}/{n}] {name}, seed {seed}: {how}{tail}"
 
 
 def _interval(vectors: list[np.ndarray]) -> list[float] | None:
@@ -214,5 +230,5 @@ def tables(result: dict):
     return pd.DataFrame(rows).set_index("technique"), pd.DataFrame(comp)
 
 
-__all__ = ["Study", "DEFAULT_METRICS", "missing", "ready", "run_study", "paired_comparison", "assemble",
-           "tables"]
+__all__ = ["Study", "DEFAULT_METRICS", "missing", "ready", "run_study", "job_line",
+           "paired_comparison", "assemble", "tables"]
