@@ -10,7 +10,8 @@ Layer L1 (matplotlib; imports only ``sodlab.boxes``). Taught in notebook 00
   else the box area), optional labels and scores; returns the patches drawn.
 - ``draw_relations(ax, boxes, strength)``: lines between box centres, as wide as the
   attention ``strength [N, N]`` between them (relation modules, notebook 09).
-- ``bucket_legend(ax)``: a legend of the bucket colours with their area ranges.
+- ``bucket_legend(ax, extra=...)``: a legend of the bucket colours with their area ranges
+  (and any extra handles).
 - ``BUCKET_COLORS`` (hex) and ``BUCKET_RGB`` (8-bit tuples): the one set of bucket colours.
 - ``size_axis(ax)``: a log x axis for sizes, ticks at 2, 4, 8, ... px.
 - ``show(fig)``: a figure as a PNG output in Jupyter, papermill and the HTML export, the one
@@ -147,8 +148,14 @@ def draw_relations(ax, boxes, strength, *, min_strength: float = 0.02,
     return lines
 
 
-def bucket_legend(ax, *, loc: str = "upper right", fontsize: float = 8):
-    """A legend of the bucket colours with their COCO area ranges."""
+def bucket_legend(ax, *, loc: str = "upper right", fontsize: float = 8, extra: Sequence = (),
+                  **kwargs):
+    """A legend of the bucket colours with their COCO area ranges.
+
+    ``extra``: more legend handles after the buckets' (e.g. a dashed line for crowd boxes);
+    ``kwargs`` go to ``ax.legend`` (e.g. ``bbox_to_anchor=(1.01, 1)`` with ``loc="upper left"``
+    to put the legend outside the axes, off the image).
+    """
     from matplotlib.lines import Line2D
 
     ax = _axes(ax)
@@ -158,8 +165,8 @@ def bucket_legend(ax, *, loc: str = "upper right", fontsize: float = 8):
         lo_s = "0" if name in ("tiny", "small") else f"{math.sqrt(lo):.0f}²"
         hi_s = "∞" if hi >= 1e9 else f"{math.sqrt(hi):.0f}²"
         handles.append(Line2D([], [], color=col, lw=2, label=f"{name} [{lo_s}, {hi_s}]"))
-    return ax.legend(handles=handles, loc=loc, fontsize=fontsize, title="area (px²)",
-                     title_fontsize=fontsize)
+    return ax.legend(handles=handles + list(extra), loc=loc, fontsize=fontsize,
+                     title="area (px²)", title_fontsize=fontsize, **kwargs)
 
 
 def size_axis(ax, *, lo: float = 1.0, hi: float = 1024.0):
