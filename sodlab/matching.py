@@ -36,7 +36,12 @@ its ignored ones) are padded to the batch's largest count, so that one IoU tenso
 ``[B, N, A]`` (anchors along memory, so that the best object of each anchor and the best
 anchor of each object are both fast reductions) serves the threshold and low-quality stages
 (padded objects hold IoU -1 and never match; so with the other similarities); only S3FD's
-compensation, which takes anchors object by object, loops.
+compensation, which takes anchors object by object, loops. For IoU (and the crowd rule's IoA)
+that tensor is the reference, not the work: an anchor and a box whose intersection has no
+positive width or height have IoU exactly 0, so only the pairs an overlap index finds
+(``_overlap_pairs``: runs of consecutive anchors and their bounding boxes, a few percent of
+``[B, N, A]``) are computed, with the same float operations, and the threshold stage reduces
+over them; every output bit is the dense path's, which NWD and DotD (never 0) keep.
 
 The similarity of an anchor and a box need not be IoU (``kind``, the detector's
 ``matcher``): ``"nwd"`` is the Normalized Gaussian Wasserstein Distance (Wang et al. 2021,
@@ -64,6 +69,7 @@ when padded), C ignored objects (padded likewise), k the pyramid-anchor order (0
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -73,6 +79,7 @@ from sodlab.anchors import all_anchors
 NEGATIVE = -1
 IGNORE = -2
 SIMILARITIES = ("iou", "nwd", "dotd")  # the kinds ``similarity`` computes
+OVERLAP_RUN = 16  # consecutive anchors per run of the overlap index (``_overlap_pairs``)
 # Mean object size of the embedded data set's training faces (``full``, seed 0, non-crowd, 16,730
 # faces) after ResizeLongest(384), the default input size, in px: NWD's C is the mean of
 # sqrt(w h) (the NWD paper's "average absolute size"), DotD's S the square root of the mean
@@ -121,10 +128,16 @@ def mean_object_size(boxes: torch.Tensor, kind: str = "nwd") -> float:
 
 def ioa(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Intersection over the anchor's area. ``[A, N]``."""
-    lt = torch.max(anchors[:, None, :2], boxes[None, :, :2])
-    rb = torch.min(anchors[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)  # [A, N]
-    return inter / torchvision.ops.box_area(anchors)[:, None].clamp(min=1e-9)
+    return _ioa_rows(anchors[:, None], boxes[None])  # [A, N]
+
+
+def _ioa_rows(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``ioa`` of ``anchors [..., 4]`` and ``boxes [..., 4]`` broadcast against each other,
+    row by row: one formula for the dense ``[A, N]`` and the overlap pairs ``[P]``."""
+    lt = torch.max(anchors[..., :2], boxes[..., :2])  # [..., 2]
+    rb = torch.min(anchors[..., 2:], boxes[..., 2:])  # [..., 2]
+    inter = (rb - lt).clamp(min=0).prod(-1)  # [...]
+    return inter / torchvision.ops.box_area(anchors).clamp(min=1e-9)
 
 
 def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor, ignore: torch.Tensor | None = None,
@@ -208,6 +221,17 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
     ``boxes``: B tensors ``[N_b, 4]``; ``ignore``: None, or B tensors ``[N_b]`` bool (or None).
     ``kind`` / ``constant``: the similarity every stage uses (``similarity``); the thresholds
     ``pos_iou``, ``neg_iou`` and ``min_iou`` are on its scale.
+
+    How it stays exact: IoU and the crowd rule's IoA are computed only for the pairs of
+    ``_overlap_pairs`` (a few percent of ``[B, N, A]``), with the dense path's float
+    operations (``_iou_coords``, ``_ioa_rows``); every other pair's intersection has no
+    positive width or height, so its IoU and IoA are exactly 0, and the threshold stage
+    reduces over the pairs knowing that (``_threshold_stage_pairs``). The dense path
+    (``_similarity_by_object``, ``_threshold_stage``) is the reference: the tests compare
+    the match indices bit for bit and the similarity S3FD's compensation sorts by with
+    ``torch.equal``. It runs NWD and DotD (never 0) and whatever breaks a condition of that
+    proof (``_overlap_index``, ``_pairs_are_exact``): non-finite or inverted boxes, anchors
+    of no area, ``ignore_ioa <= 0``.
     """
     if kind not in SIMILARITIES:
         raise ValueError(f"unknown similarity {kind!r}; valid: {', '.join(SIMILARITIES)}")
@@ -220,20 +244,148 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
              if ignore is None or ignore[i] is None else ignore[i].to(anchors.device).bool()
              for i, b in enumerate(boxes)]  # B x [N_b]
     kept, kept_idx, kept_ok = _pad_objects(boxes, [~f for f in flags])  # [B, N, 4], [B, N] x2
+    crowd, _, crowd_ok = _pad_objects(boxes, flags)  # [B, C, 4], [B, C]
+    index = _overlap_index(anchors) if kind == "iou" or crowd.shape[1] else None
     if kept.shape[1]:
-        sim = _similarity_by_object(anchors, kept, kind, constant)  # [B, N, A] IoU, NWD, DotD
-        sim.masked_fill_(~kept_ok[:, :, None], -1.0)  # padded objects never match
-        col = _threshold_stage(sim, pos_iou, neg_iou, allow_low_quality)  # [B, A] column
-        col.masked_fill_(~kept_ok.any(1)[:, None], NEGATIVE)  # images with no trained object
+        sim, col = _trained_similarity_and_stage(anchors, index, kept, kept_ok, kind, constant,
+                                                 pos_iou, neg_iou, allow_low_quality,
+                                                 compensate)
+        empty = ~kept_ok.any(1)  # [B] images with no trained object
+        if bool(empty.any()):
+            col[empty] = NEGATIVE
         if compensate:
             _compensate_batch(col, sim, kept_ok, compensate_n, min_iou)
-        out = torch.where(col >= 0, kept_idx.gather(1, col.clamp(min=0)), col)  # box index
-    crowd, _, crowd_ok = _pad_objects(boxes, flags)  # [B, C, 4], [B, C]
+        out = _box_index(col, kept_idx)
     if crowd.shape[1]:
-        cover = ioa(anchors, crowd.flatten(0, 1)).view(A, B, -1).permute(1, 0, 2)  # [B, A, C]
-        cover = cover.masked_fill(~crowd_ok[:, None, :], -math.inf).max(2).values  # [B, A]
-        on_crowd = (cover >= ignore_ioa) & crowd_ok.any(1)[:, None]  # [B, A]
-        out = out.masked_fill(on_crowd & (out < 0), IGNORE)
+        flat = out.view(-1)  # [B*A]
+        on = _crowd_positions(anchors, index, crowd, crowd_ok, ignore_ioa)  # [Q]
+        flat[on[flat[on] < 0]] = IGNORE
+    return out
+
+
+class _OverlapIndex(NamedTuple):
+    """Runs of ``OVERLAP_RUN`` consecutive anchors, coordinate first, ``coords [4, C, RUN]``
+    (the last run filled up with copies of the last anchor), the bounding box of each run
+    ``hull [4, C]`` and the number of anchors A."""
+
+    coords: torch.Tensor
+    hull: torch.Tensor
+    count: int
+
+
+class _Pairs(NamedTuple):
+    """Overlap pairs by run: row r pairs object ``obj[r]`` of image ``img[r]`` (both ``[R]``)
+    with the anchors of run ``run[r]``, ``anchor [R, RUN]`` (A - 1 repeated where the last
+    run is short: a repeated pair has the same value, and every use is a max, a min or a
+    write of that value)."""
+
+    img: torch.Tensor
+    obj: torch.Tensor
+    run: torch.Tensor
+    anchor: torch.Tensor
+
+
+def _trained_similarity_and_stage(anchors: torch.Tensor, index: _OverlapIndex | None,
+                                  kept: torch.Tensor, kept_ok: torch.Tensor, kind: str,
+                                  constant: float | None, pos_iou: float, neg_iou: float,
+                                  allow_low_quality: bool, need_sim: bool):
+    """The similarity ``[B, N, A]`` of the trained objects ``kept [B, N, 4]`` (-1 where
+    ``kept_ok [B, N]`` is False; None unless ``need_sim``) and the threshold stage's column
+    indices ``[B, A]``: from the overlap pairs for IoU where that is exact, else dense."""
+    if kind == "iou" and index is not None and _pairs_are_exact(kept, kept_ok, union=True):
+        pairs = _overlap_pairs(index, kept, kept_ok)
+        iou = _iou_coords(index.coords[:, pairs.run],
+                          kept[pairs.img, pairs.obj].t()[..., None])  # [R, RUN]
+        shape = (*kept_ok.shape, len(anchors))  # (B, N, A)
+        col = _threshold_stage_pairs(pairs, iou, shape, pos_iou, neg_iou, allow_low_quality)
+        return (_scatter_pairs(pairs, iou, kept_ok, len(anchors)) if need_sim else None), col
+    sim = _similarity_by_object(anchors, kept, kind, constant)  # [B, N, A] IoU, NWD, DotD
+    sim.masked_fill_(~kept_ok[:, :, None], -1.0)  # padded objects never match
+    return sim, _threshold_stage(sim, pos_iou, neg_iou, allow_low_quality)
+
+
+def _box_index(col: torch.Tensor, kept_idx: torch.Tensor) -> torch.Tensor:
+    """Column indices ``col [B, A]`` as each image's box indices (``kept_idx [B, N]``),
+    ``NEGATIVE`` and ``IGNORE`` kept: one gather from ``[IGNORE, NEGATIVE, kept_idx...]``,
+    which ``col + 2`` indexes. ``[B, A]``."""
+    head = torch.tensor([IGNORE, NEGATIVE], dtype=kept_idx.dtype, device=kept_idx.device)
+    table = torch.cat([head.expand(len(kept_idx), 2), kept_idx], 1)  # [B, 2 + N]
+    return table.gather(1, col + 2)
+
+
+def _crowd_positions(anchors: torch.Tensor, index: _OverlapIndex | None, crowd: torch.Tensor,
+                     crowd_ok: torch.Tensor, ignore_ioa: float) -> torch.Tensor:
+    """Flat positions ``b * A + a`` (repeats allowed) of the anchors of each image that lie
+    mostly on one of its ignored objects ``crowd [B, C, 4]`` (``crowd_ok [B, C]`` real):
+    IoA >= ``ignore_ioa``. ``[Q]`` int64."""
+    B, A = len(crowd), len(anchors)
+    if index is not None and ignore_ioa > 0 and _pairs_are_exact(crowd, crowd_ok, union=False):
+        pairs = _overlap_pairs(index, crowd, crowd_ok)
+        cover = _ioa_rows(index.coords[:, pairs.run].permute(1, 2, 0),
+                          crowd[pairs.img, pairs.obj][:, None])  # [R, RUN]
+        return (pairs.anchor + (pairs.img * A)[:, None])[cover >= ignore_ioa]
+    cover = ioa(anchors, crowd.flatten(0, 1)).view(A, B, -1).permute(1, 0, 2)  # [B, A, C]
+    cover = cover.masked_fill(~crowd_ok[:, None, :], -math.inf).max(2).values  # [B, A]
+    return torch.nonzero(((cover >= ignore_ioa) & crowd_ok.any(1)[:, None]).flatten()).flatten()
+
+
+def _overlap_index(anchors: torch.Tensor) -> _OverlapIndex | None:
+    """The overlap index of ``anchors [A, 4]``; None unless every anchor has a positive,
+    finite area (then its coordinates are finite, and a pair with an empty intersection has
+    IoU and IoA 0, never NaN)."""
+    A = len(anchors)
+    C = -(-A // OVERLAP_RUN)
+    coords = anchors.new_empty(4, C * OVERLAP_RUN)  # [4, C * RUN]
+    coords[:, :A] = anchors.t()
+    coords[:, A:] = anchors[-1:].t()
+    area = (coords[2] - coords[0]) * (coords[3] - coords[1])  # [C * RUN]
+    if A == 0 or not bool(((area > 0) & (area < math.inf)).all()):
+        return None
+    coords = coords.view(4, C, OVERLAP_RUN)  # [4, C, RUN]
+    hull = torch.cat([coords[:2].amin(2), coords[2:].amax(2)])  # [4, C]
+    return _OverlapIndex(coords, hull, A)
+
+
+def _pairs_are_exact(boxes: torch.Tensor, real: torch.Tensor, *, union: bool) -> bool:
+    """Whether every pair outside ``_overlap_pairs`` of the real ``boxes [B, M, 4]`` has IoA
+    (``union`` False) or IoU (``union`` True) exactly 0, given an ``_overlap_index``: the
+    boxes finite and, for IoU, with x2 >= x1, y2 >= y1 and finite area (then such a pair's
+    union is positive)."""
+    b = boxes[real]  # [M', 4]
+    if not bool(torch.isfinite(b).all()):
+        return False
+    wh = b[:, 2:] - b[:, :2]  # [M', 2]
+    return not union or (bool((wh >= 0).all()) and bool(torch.isfinite(wh[:, 0] * wh[:, 1]).all()))
+
+
+def _overlap_pairs(index: _OverlapIndex, boxes: torch.Tensor, real: torch.Tensor) -> _Pairs:
+    """Every (image, object, anchor) of the real ``boxes [B, M, 4]`` (``real [B, M]``) whose
+    intersection can have positive width and height, by runs, in (image, object, run) order.
+
+    When a run's box and an object have min(x2) <= max(x1) (or so in y), every anchor of the
+    run has too, as min and max are exact, and the float difference of u <= v is <= 0: the
+    clamped width is 0, and so is the intersection of every anchor of the run with the
+    object. The layout puts a run in a few neighbouring cells of one row, so few runs reach
+    an object."""
+    hull = index.hull  # [4, C]
+    b = boxes[..., None]  # [B, M, 4, 1]
+    hit = (torch.min(hull[2], b[:, :, 2]) > torch.max(hull[0], b[:, :, 0])) \
+        & (torch.min(hull[3], b[:, :, 3]) > torch.max(hull[1], b[:, :, 1])) \
+        & real[:, :, None]  # [B, M, C]
+    img, obj, run = torch.nonzero(hit, as_tuple=True)  # [R]
+    step = torch.arange(OVERLAP_RUN, device=run.device)  # [RUN]
+    anchor = (run[:, None] * OVERLAP_RUN + step).clamp_(max=index.count - 1)  # [R, RUN]
+    return _Pairs(img, obj, run, anchor)
+
+
+def _scatter_pairs(pairs: _Pairs, values: torch.Tensor, real: torch.Tensor,
+                   A: int) -> torch.Tensor:
+    """The dense ``[B, N, A]`` of the pairs' ``values [R, RUN]``: 0 elsewhere, -1 on padded
+    objects, as the dense path's masked similarity (whose empty intersections could give
+    -0.0 where both boxes touch at a signed zero; no comparison tells the two apart)."""
+    B, N = real.shape
+    out = real.to(values.dtype).sub_(1)[:, :, None].expand(B, N, A).contiguous()  # [B, N, A]
+    out.view(-1)[((pairs.img * N + pairs.obj) * A)[:, None] + pairs.anchor] = values
     return out
 
 
@@ -266,8 +418,7 @@ def _threshold_stage(iou: torch.Tensor, pos_iou: float, neg_iou: float,
     ``NEGATIVE`` or ``IGNORE``. ``[B, A]`` int64."""
     B, _, A = iou.shape
     best, arg = iou.max(1)  # [B, A] best object of each anchor (the first on a tie)
-    col = torch.where(best >= pos_iou, arg,
-                      torch.where((best >= neg_iou) & (best < pos_iou), IGNORE, NEGATIVE))
+    col = _threshold_rule(best, arg, pos_iou, neg_iou)  # [B, A]
     if allow_low_quality:
         top = iou.max(2, keepdim=True).values  # [B, N, 1] best IoU of each object
         b, j, a = torch.nonzero((iou == top) & (top > 0), as_tuple=True)  # every tied anchor
@@ -278,17 +429,64 @@ def _threshold_stage(iou: torch.Tensor, pos_iou: float, neg_iou: float,
     return col
 
 
+def _threshold_rule(best: torch.Tensor, arg: torch.Tensor, pos_iou: float,
+                    neg_iou: float) -> torch.Tensor:
+    """The thresholds on each anchor's best similarity ``best`` and its object ``arg``
+    (same shape): ``arg`` at >= ``pos_iou``, ``IGNORE`` in ``[neg_iou, pos_iou)``, else
+    ``NEGATIVE``."""
+    return torch.where(best >= pos_iou, arg,
+                       torch.where((best >= neg_iou) & (best < pos_iou), IGNORE, NEGATIVE))
+
+
+def _threshold_stage_pairs(pairs: _Pairs, iou: torch.Tensor, shape: tuple[int, int, int],
+                           pos_iou: float, neg_iou: float,
+                           allow_low_quality: bool) -> torch.Tensor:
+    """``_threshold_stage`` from the overlap pairs and their ``iou [R, RUN]``, of a
+    ``shape = (B, N, A)`` IoU that is 0 at every other entry of a real object (padded objects
+    hold no pair). ``[B, A]`` int64, equal to the dense stage's.
+
+    IoU >= 0, so an anchor's best is its largest pair value or 0 and its object the first
+    one at that best (object 0, real wherever the row is used, when the best is 0): an
+    anchor in no pair takes the rule's value at (0, 0). An object's best is its largest pair
+    value or 0, and the low-quality rule needs it > 0, so the pairs hold every tie."""
+    B, N, A = shape
+    at = (pairs.anchor + (pairs.img * A)[:, None]).flatten()  # [P] flat (image, anchor)
+    obj = pairs.obj[:, None].expand_as(pairs.anchor).flatten()  # [P]
+    v = iou.flatten()  # [P]
+    best = v.new_zeros(B * A).scatter_reduce_(0, at, v, "amax")[at]  # [P] the anchor's best
+    first = (v == best) & (v > 0)  # [P] pairs at their anchor's best
+    arg = torch.zeros(B * A, dtype=torch.int64, device=v.device)
+    arg = arg.scatter_reduce_(0, at[first], obj[first], "amin", include_self=False)[at]  # [P]
+    zero = _threshold_rule(v.new_zeros(()), arg.new_zeros(()), pos_iou, neg_iou)  # [] no pair
+    col = zero.expand(B * A).clone()  # [B*A]
+    col[at] = _threshold_rule(best, arg, pos_iou, neg_iou)
+    if allow_low_quality:
+        of = pairs.img * N + pairs.obj  # [R] flat (image, object)
+        top = iou.new_zeros(B * N).scatter_reduce_(0, of, iou.amax(1), "amax")  # [B*N]
+        tied = ((iou == top[of][:, None]) & (iou > 0)).flatten()  # [P] ties at the best
+        at, obj = at[tied], obj[tied]  # [T]
+        # an anchor best for several objects keeps the last, as match_anchors' write does
+        last = torch.full((B * A,), -1, dtype=torch.int64, device=v.device)
+        col[at] = last.scatter_reduce_(0, at, obj, "amax")[at]
+    return col.view(B, A)
+
+
 def _iou_by_object(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """IoU of every padded object with every anchor, ``[B, N, A]`` (anchors contiguous, so
     both reductions run along memory). The same float operations, in the same order, as
     ``torchvision.ops.box_iou``: the values are bit-identical to its ``[A, N]`` transposed."""
-    a = anchors.t()  # [4, A]
-    b = boxes[..., None]  # [B, N, 4, 1]
-    iw = (torch.min(a[2], b[:, :, 2]) - torch.max(a[0], b[:, :, 0])).clamp_(min=0)  # [B, N, A]
-    ih = (torch.min(a[3], b[:, :, 3]) - torch.max(a[1], b[:, :, 1])).clamp_(min=0)  # [B, N, A]
-    inter = iw.mul_(ih)  # [B, N, A]
-    area_a = (a[2] - a[0]) * (a[3] - a[1])  # [A]
-    area_b = (b[:, :, 2] - b[:, :, 0]) * (b[:, :, 3] - b[:, :, 1])  # [B, N, 1]
+    return _iou_coords(anchors.t(), boxes.permute(2, 0, 1)[..., None])  # [B, N, A]
+
+
+def _iou_coords(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes given coordinate first, ``a [4, ...]`` and ``b [4, ...]`` broadcast
+    against each other: one formula (``torchvision.ops.box_iou``'s operations in its order)
+    for the dense ``[B, N, A]`` and the overlap pairs ``[P]``."""
+    iw = (torch.min(a[2], b[2]) - torch.max(a[0], b[0])).clamp_(min=0)  # [...]
+    ih = (torch.min(a[3], b[3]) - torch.max(a[1], b[1])).clamp_(min=0)  # [...]
+    inter = iw.mul_(ih)  # [...]
+    area_a = (a[2] - a[0]) * (a[3] - a[1])  # [...]
+    area_b = (b[2] - b[0]) * (b[3] - b[1])  # [...]
     return inter.div_(area_a + area_b - inter)
 
 
