@@ -68,6 +68,7 @@ when padded), C ignored objects (padded likewise), k the pyramid-anchor order (0
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -208,6 +209,22 @@ def _take_free(out: torch.Tensor, iou: torch.Tensor, counts: torch.Tensor, n: in
         out[take] = ids[j]
 
 
+_DENSE_ONLY = [False]  # set by ``dense_reference``
+
+
+@contextlib.contextmanager
+def dense_reference():
+    """Inside the block, ``match_anchors_batch`` takes the dense ``[B, N, A]`` path only: the
+    reference the overlap path equals bit for bit, kept so a benchmark can time both ways in
+    one process (``sodlab.bench.step_speed``)."""
+    before = _DENSE_ONLY[0]
+    _DENSE_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _DENSE_ONLY[0] = before
+
+
 def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
                         ignore: list[torch.Tensor | None] | None = None, *,
                         pos_iou: float = 0.5, neg_iou: float = 0.4,
@@ -245,7 +262,8 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
              for i, b in enumerate(boxes)]  # B x [N_b]
     kept, kept_idx, kept_ok = _pad_objects(boxes, [~f for f in flags])  # [B, N, 4], [B, N] x2
     crowd, _, crowd_ok = _pad_objects(boxes, flags)  # [B, C, 4], [B, C]
-    index = _overlap_index(anchors) if kind == "iou" or crowd.shape[1] else None
+    use_pairs = (kind == "iou" or crowd.shape[1]) and not _DENSE_ONLY[0]
+    index = _overlap_index(anchors) if use_pairs else None
     if kept.shape[1]:
         sim, col = _trained_similarity_and_stage(anchors, index, kept, kept_ok, kind, constant,
                                                  pos_iou, neg_iou, allow_low_quality,

@@ -38,3 +38,15 @@ def test_measure_a_preset(quick_dataset):
     r = measure("fpn", quick_dataset, precision="fp32", steps=1, warmup=1, batch_size=2)
     assert r["images_per_s"] > 0 and r["operators"]
     assert set(r["phases_ms"]) >= {"forward", "backward", "optimizer"}
+
+
+def test_dense_reference_is_restored_and_matches_bit_for_bit():
+    from sodlab import matching
+
+    anchors = torch.tensor([[0.0, 0, 8, 8], [4, 4, 12, 12], [20, 20, 28, 28]])
+    boxes = [torch.tensor([[1.0, 1, 9, 9]]), torch.zeros((0, 4))]
+    fast = matching.match_anchors_batch(anchors, boxes)
+    with matching.dense_reference():
+        assert matching._DENSE_ONLY[0]
+        dense = matching.match_anchors_batch(anchors, boxes)
+    assert not matching._DENSE_ONLY[0] and torch.equal(fast, dense)

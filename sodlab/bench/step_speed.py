@@ -9,6 +9,9 @@ embedded dataset (data loading not timed):
   (cross-entropy on 1,000 random labels, SGD) on ``[8, 3, 384, 384]`` in the same precision
   and memory format as the detectors; every preset's ``vs_yardstick`` divides by it;
 - ``images_per_s``: ``sodlab.engine.train.train_step`` in eager mode, the engine's path;
+  ``dense_matching_images_per_s`` the same steps with the anchor matching on its dense
+  reference path (``sodlab.matching.dense_reference``, bit-identical), alternating with it,
+  and ``vs_dense_matching`` their ratio: what the overlap-pairs matching saves;
 - ``operators``: the profiler's table of one timed stretch of steps: the operators with the
   largest self CPU time, their share of the total, and whether they ran in backward
   (``torch.profiler``; autograd's backward nodes are named ``...Backward``);
@@ -110,6 +113,31 @@ def _rate(model, opt, batches, precision: str, timings: dict | None = None) -> f
     return len(batches) * batches[0][0].shape[0] / (time.perf_counter() - t0)
 
 
+def _rate_beside_dense(model, opt, batches, precision: str, timings: dict):
+    """(images/s of the engine's matching, images/s with the dense reference matching):
+    the same batches, alternating halves, so a passing load hits both alike. The two give
+    the same numbers bit for bit (``sodlab.matching.dense_reference``)."""
+    from sodlab.matching import dense_reference
+
+    half = max(1, len(batches) // 2)
+    seconds = {"pairs": 0.0, "dense": 0.0}
+    images = {"pairs": 0, "dense": 0}
+    for chunk in (batches[:half], batches[half:]):
+        if not chunk:
+            continue
+        t0 = time.perf_counter()
+        _steps(model, opt, chunk, precision, timings)
+        seconds["pairs"] += time.perf_counter() - t0
+        with dense_reference():
+            t0 = time.perf_counter()
+            _steps(model, opt, chunk, precision)
+            seconds["dense"] += time.perf_counter() - t0
+        n = sum(b[0].shape[0] for b in chunk)
+        images["pairs"] += n
+        images["dense"] += n
+    return images["pairs"] / seconds["pairs"], images["dense"] / seconds["dense"]
+
+
 def compiled_speed(fresh, batches, precision: str, *, warmup: int, eager_losses) -> dict:
     """``torch.compile`` of a freshly initialised model: compile seconds, steady rate, and
     the largest relative loss difference from the eager run of the same first steps."""
@@ -132,10 +160,11 @@ def measure(preset: str, root: Path, *, precision: str, steps: int, warmup: int,
     model, opt = fresh()
     eager_first = _steps(model, opt, batches[:warmup], precision)
     timings: dict[str, float] = {}
-    rate = _rate(model, opt, batches[warmup:], precision, timings)
+    rate, dense = _rate_beside_dense(model, opt, batches[warmup:], precision, timings)
     ops = operator_table(model, opt, batches[warmup:warmup + min(steps, 3)], precision)
     out = {"preset": preset, "input_size": int(cfg.input_size), "batch_size": batch_size,
            "steps_timed": steps, "images_per_s": rate,
+           "dense_matching_images_per_s": dense, "vs_dense_matching": rate / dense,
            "phases_ms": {k: 1e3 * v / steps for k, v in timings.items()}, "operators": ops}
     if compile:
         out["compiled"] = compiled_speed(fresh, batches, precision, warmup=warmup,
