@@ -545,7 +545,10 @@ def _step_speed_line(b: dict) -> str:
         ops = sorted(r.get("operators") or [], key=lambda o: -o.get("share", 0))[:3]
         top = ", ".join(f"`{o['operator']}` {_pct(o.get('share'))}"
                         + (" (backward)" if o.get("backward") else "") for o in ops)
-        parts.append(f"`{p}` {_times(r.get('vs_yardstick'))} the yardstick's images/s "
+        dense = r.get("vs_dense_matching")
+        saved = "" if dense is None else (f", {_times(dense)} the same steps with the dense "
+                                          f"reference matching")
+        parts.append(f"`{p}` {_times(r.get('vs_yardstick'))} the yardstick's images/s{saved} "
                      f"(largest operators: {top or 'none recorded'})")
     return (f"{b.get('precision')}, against {b.get('yardstick') or 'the yardstick'} in the "
             f"same process: " + "; ".join(parts))
