@@ -99,16 +99,23 @@ def test_markdown_types_no_verdict(nb):
         low = cell.source.lower()
         hits = [w for w in VERDICT_CLAIMS if w in low]
         assert not hits, f"markdown cell {i} states {hits}: let a code cell compute it " \
-                         "(sodlab.bench.show_results or sodlab.metrics.verdict)"
+                         "(sodlab.bench.study_view or sodlab.metrics.verdict)"
 
 
 def test_verdicts_come_from_code(nb):
+    from sodlab.bench.studies import STUDIES
+
     path, book = nb
     code = _code(book)
-    if (REPO / "results" / f"{path.stem}.json").is_file():
-        assert f'show_results("{path.stem}")' in code, \
-            f"the committed results/{path.stem}.json is shown with show_results(\"{path.stem}\")"
-    assert "json.dumps(" not in code, "no raw JSON dumps: show_results renders tables"
+    for name, st in STUDIES.items():
+        if st.notebook != path.stem:
+            continue
+        assert f'show_study("{name}"' in code, f"the study is shown with show_study(\"{name}\")"
+        if list((REPO / "results" / "studies").glob(f"{name}-*.json")):
+            assert f'show_earlier("{name}")' in code, \
+                f"its earlier budget is shown with show_earlier(\"{name}\")"
+    assert "show_results(" not in code, "committed results are studies: show_study"
+    assert "json.dumps(" not in code, "no raw JSON dumps: show_study renders tables"
     hand = re.findall(r"""["']up["']\s+if\b|else\s+["']down["']|["']not up["']""", code)
     assert not hand, f"a direction decided by hand ({hand}); call sodlab.metrics.verdict"
     assert "T95" not in code and "12.706" not in code, "no hand-typed t-table"

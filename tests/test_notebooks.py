@@ -258,8 +258,9 @@ def test_index_shows_headline_beside_committed_values_and_verdicts(tmp_path):
 
 def test_index_survives_a_broken_committed_file(tmp_path):
     results = tmp_path / "results"
-    results.mkdir()
+    (results / "studies").mkdir(parents=True)
     (results / "02_augmentation.json").write_text(json.dumps({"numbers": {"per_seed": [1]}}))
+    (results / "studies" / "augmentation-3200.json").write_text(json.dumps({"comparisons": [1]}))
     rows = [{"stem": "02_augmentation", "status": "ok", "seconds": 5.0, "quick": True,
              "numbers": {"AP": 0.1}}]
     text = report.write_index(tmp_path, rows, results_dir=results).read_text()

@@ -10,9 +10,11 @@ from sodlab.bench.study_view import (
     NO_NUMBER,
     OPPOSITE,
     agreement,
+    earlier_images,
     load_study,
     quick_against_full,
     save_study,
+    show_earlier,
     show_study,
     side_by_side,
     study_comparisons,
@@ -108,3 +110,21 @@ def test_job_line_says_how_far_and_where_the_record_came_from():
     assert line == "ssh [3/12] ssh, seed 1: trained and recorded in 383 s, AP_small 0.500"
     line = job_line("ssh", 0, 12, "fpn", 0, {"from_record": True, "metrics": {}}, 0.1)
     assert line == "ssh [1/12] fpn, seed 0: from its record"
+
+
+def test_show_earlier_shows_the_rule_both_budgets_and_returns_the_extras(tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    assert show_earlier("fpn") is None
+    assert "no committed result at the earlier budget" in capsys.readouterr().out
+    earlier = {**_result(0.0), "rule": "unpaired, earlier budget", "extras": {"x": [1, 2]},
+               "provenance": {"seconds": 600.0, "cpu_count": 2, "threads": 1}}
+    save_study(earlier, images=earlier_images())
+    shown = show_earlier("fpn")
+    out = capsys.readouterr().out
+    assert shown["extras"] == {"x": [1, 2]} and "older unpaired rule" in out
+    assert "took 10 min" in out and "side" not in out and "full budget" not in out
+    save_study(_result(0.3))
+    show_earlier("fpn")
+    out = capsys.readouterr().out
+    assert "at the earlier and at the full budget" in out and "changed with the budget" in out

@@ -1,8 +1,8 @@
 """No number of ours is typed into a notebook's markdown (the house style).
 
 A number that a run of ours produces — an AP, a run time, a speed, a count from our data, a
-verdict's size — goes into a notebook through code: the committed ``results/*.json`` via
-``sodlab.bench.show_results(stem)``, or the live run. Markdown may type two kinds of number:
+verdict's size — goes into a notebook through code: the committed studies via
+``sodlab.bench.study_view`` (``show_study``, ``show_earlier``), or the live run. Markdown may type two kinds of number:
 
 - the figures papers report, as ``docs/methods.md`` lists them in the *paper* rows of its
   tables (its tables hold no row of ours: our numbers are in its generated sections, which
@@ -226,5 +226,5 @@ def test_no_number_of_ours_typed_in_markdown(path):
             bad.append(f"{path.stem}, markdown cell {i}: {text!r} in: {sentence}")
     assert not bad, ("numbers typed into markdown that are neither a paper's figure "
                      "(docs/methods.md) nor an allowed constant; let a code cell print them "
-                     "(sodlab.bench.show_results or the live run) and point to it in words:\n"
+                     "(sodlab.bench.study_view or the live run) and point to it in words:\n"
                      + "\n".join(bad))

@@ -6,8 +6,8 @@ Layer L4. Notebook 10 (benchmark report) and ``reports/index.html`` show what is
   ``out_dir/<stem>.json`` = ``{"notebook", "numbers", "headline", "provenance"}``; every
   notebook ends with it, naming in ``headline`` the three to six (flattened) keys of
   ``numbers`` that ``reports/index.html`` shows beside the committed full-mode values.
-- ``show_results(stem)`` (``show.py``): the committed ``results/<stem>.json`` as tables and
-  verdicts (``sodlab.metrics.verdict``), for the notebooks' "the paper beside us" cells.
+- committed results are studies (``results/studies/NAME.json``, ``NAME-<images>.json``),
+  shown by ``sodlab.bench.study_view`` (``show_study``, ``show_earlier``).
 - ``BENCHMARKS``: the plain, ordered list of benchmark modules ``sodlab.bench.<name>``,
   each exposing ``run(*, quick: bool, progress: bool) -> dict``.
 - ``run_benchmarks(quick=, only=, progress=)`` runs them one after another and returns one
@@ -15,8 +15,7 @@ Layer L4. Notebook 10 (benchmark report) and ``reports/index.html`` show what is
 - ``notebooks.run_notebooks`` executes the notebooks with papermill; ``report`` writes the
   HTML index.
 
-Nothing heavy is imported at module level (``show_results`` loads pandas when first used),
-so notebooks can import ``record`` cheaply.
+Nothing heavy is imported at module level, so notebooks can import ``record`` cheaply.
 """
 
 from __future__ import annotations
@@ -91,15 +90,6 @@ def record(out_dir: str | os.PathLike, stem: str, numbers: dict, *, quick: bool,
                       seconds=seconds)
     write_json(path, {**obj, "provenance": prov})
     return path
-
-
-def __getattr__(name: str):
-    """``show_results`` on first use (it needs pandas; ``record`` must stay cheap)."""
-    if name == "show_results":
-        from sodlab.bench.show import show_results
-
-        return show_results
-    raise AttributeError(f"module 'sodlab.bench' has no attribute {name!r}")
 
 
 def _has_module(name: str) -> bool:

@@ -7,9 +7,9 @@ One self-contained page (inline CSS, no external assets, no JavaScript):
   executed HTML, and its **headline numbers** (the three to six keys its ``record(...,
   headline=[...])`` call names; the first few numbers when it names none) in a small table:
   this run's value beside the committed full-mode value at the same key
-  (``results/<stem>.json``), with the verdicts that committed file supports
-  (``sodlab.bench.show.comparisons``, i.e. ``sodlab.metrics.verdict``), each with its
-  sentence folded under it. Every other number stays in the notebook's JSON, linked;
+  (``results/<stem>.json``), with the verdicts of the same run as committed in the study
+  format (``results/studies/NAME-3200.json``, read by ``sodlab.bench.show.comparisons``),
+  each with its sentence folded under it. Every other number stays in the notebook's JSON, linked;
 - the errors of failed notebooks;
 - committed results no notebook row names (benchmarks, ``quality.json``);
 - ``reports/bench.json`` (``sodlab bench``) as one table per benchmark;

@@ -7,7 +7,12 @@ validation resamples, images seen), then every comparison "B against A" with its
 difference, interval, per-seed values and verdict, and where a paper reported the same
 change (``sodlab.bench.papers``), the paper's figure and whether our verdict goes its way.
 ``side_by_side`` puts the verdicts of the same comparisons from two results (two budgets)
-next to each other. Taught in notebook 10_benchmark_report.
+next to each other. ``show_earlier(name)`` shows ``NAME-3200.json``: the notebooks' runs of
+the earlier budget (3,200 images seen), converted to this format once; its comparisons were
+decided by the older unpaired rule (``"rule"``), so their paired intervals are None, each
+keeps the seed-0 intervals it rested on (``"unpaired_intervals"``) and the earlier file's
+labels (``"earlier"``), and ``"extras"`` holds the notebook's other evidence of that run.
+Taught in notebook 10_benchmark_report.
 """
 
 from __future__ import annotations
@@ -266,6 +271,56 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     return dict(res)
 
 
+EARLIER_RULE = ("the older unpaired rule: a direction only when every seed agrees and the two "
+                "techniques' own 95 % intervals (bootstrap over the images, seed 0) are apart; "
+                "no paired resamples were kept")
+
+
+def earlier_images() -> int:
+    """Images seen per model at the earlier budget (``sodlab.bench.budget_curve.OLD_FULL``),
+    the budget of the converted ``results/studies/NAME-<images>.json``."""
+    from sodlab.bench.budget_curve import OLD_FULL
+    from sodlab.engine.budgets import images_seen
+
+    return images_seen(OLD_FULL)
+
+
+def _run_time(res: Mapping) -> None:
+    prov = res.get("provenance") or {}
+    if prov.get("seconds"):
+        print(f"the earlier-budget run took {prov['seconds'] / 60:.0f} min for the whole "
+              f"notebook on {prov.get('cpu_count')} cores ({prov.get('threads')} torch "
+              f"thread(s))")
+
+
+def show_earlier(name: str, *, metrics: Sequence[str] | None = None) -> dict | None:
+    """Display study ``name`` at the earlier budget, decided by the older unpaired rule
+    (``"rule"`` in the file), then, when the full budget is committed too, both budgets'
+    verdicts side by side. Returns the earlier result (its ``extras`` hold the notebook's
+    other committed evidence), or None when there is none.
+
+    ``metrics``: the comparisons shown (all of the file's metrics by default).
+    """
+    from IPython.display import display
+
+    images = earlier_images()
+    res = load_study(name, images=images)
+    if res is None:
+        print(f"study {name!r} has no committed result at the earlier budget "
+              f"({images:,} images seen)")
+        return None
+    print(f"the earlier budget ({images:,} images seen per model), decided by {EARLIER_RULE}")
+    _run_time(res)
+    show_study(name, result=res, metrics=tuple(metrics or res["metrics"]))
+    full = load_study(name)
+    if full is not None:
+        print("the same comparisons on AP_small at the earlier and at the full budget:")
+        display(side_by_side({f"{images:,} images, unpaired rule": res,
+                              "full budget, paired rule": full}))
+    return dict(res)
+
+
 __all__ = ["studies_dir", "save_study", "load_study", "study_comparisons", "study_techniques",
-           "side_by_side", "show_study", "quick_study", "agreement", "quick_against_full", "AGREES", "OPPOSITE",
+           "side_by_side", "show_study", "show_earlier", "earlier_images", "EARLIER_RULE",
+           "quick_study", "agreement", "quick_against_full", "AGREES", "OPPOSITE",
            "NO_DIRECTION", "NO_NUMBER"]

@@ -1,8 +1,8 @@
 """One rule for "did technique B move metric M against A": ``"up"``, ``"down"`` or no clear difference.
 
-Layer L1. The full-mode notebooks (02, 03, 04, 05, 06), ``sodlab.bench.quality`` and the
-committed-results view (``sodlab.bench.show``) all call it, so one verdict means one thing
-everywhere; notebook 10 (benchmark report) teaches it. The intervals are Efron's percentile
+Layer L1. The notebooks' live comparisons and ``sodlab.bench.quality`` call it, and it
+decided the earlier budget's committed verdicts (``results/studies/NAME-3200.json``), so one
+verdict means one thing everywhere; notebook 10 (benchmark report) teaches it. The intervals are Efron's percentile
 bootstrap over images (``sodlab.metrics.bootstrap_ci``; Efron & Tibshirani 1993, "An
 Introduction to the Bootstrap"); the seed condition is the all-agree corner of a sign test.
 
