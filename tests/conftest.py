@@ -26,3 +26,15 @@ def quick_dataset():
     from sodlab.data import ensure_dataset
 
     return ensure_dataset("quick", 0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A dataset root of 8 training and 4 validation images (``test_engine.make_split``),
+    made once per test module."""
+    from test_engine import make_split
+
+    r = tmp_path_factory.mktemp("data")
+    make_split(r / "train", n=8, seed=0)
+    make_split(r / "val", n=4, seed=1)
+    return r

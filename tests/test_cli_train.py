@@ -7,17 +7,14 @@ import sys
 
 import pytest
 import torch
-from test_engine import CATS, TinyDetector, _fake_detector_module, make_split
+from test_engine import CATS, TinyDetector, _fake_detector_module
 
 from sodlab.cli import main
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    r = tmp_path_factory.mktemp("data")
-    make_split(r / "train", n=8, seed=0)
-    make_split(r / "val", n=4, seed=1)
-    return r
+def root(tiny_root):
+    return tiny_root
 
 
 @pytest.fixture

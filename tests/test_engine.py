@@ -44,11 +44,8 @@ def make_split(split_dir: Path, *, n: int, seed: int, size=(64, 48)) -> Path:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    r = tmp_path_factory.mktemp("data")
-    make_split(r / "train", n=8, seed=0)
-    make_split(r / "val", n=4, seed=1)
-    return r
+def root(tiny_root):
+    return tiny_root
 
 
 # ---------------------------------------------------------------- a tiny stand-in detector

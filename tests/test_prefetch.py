@@ -10,7 +10,7 @@ import threading
 
 import pytest
 import torch
-from test_engine import _fake_detector_module, make_split
+from test_engine import _fake_detector_module
 
 from sodlab.engine.train import Prefetcher, TrainConfig, prefetched
 from sodlab.errors import InputError
@@ -21,11 +21,8 @@ def _prefetch_threads() -> list[threading.Thread]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    r = tmp_path_factory.mktemp("data")
-    make_split(r / "train", n=8, seed=0)
-    make_split(r / "val", n=4, seed=1)
-    return r
+def root(tiny_root):
+    return tiny_root
 
 
 class Counting:

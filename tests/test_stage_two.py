@@ -45,11 +45,8 @@ def add_large_face(split_dir: Path, *, side: int = 40) -> None:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    r = tmp_path_factory.mktemp("data")
-    make_split(r / "train", n=8, seed=0)
-    make_split(r / "val", n=4, seed=1)
-    return r
+def root(tiny_root):
+    return tiny_root
 
 
 @pytest.fixture(scope="module")
