@@ -10,6 +10,7 @@ import pytest
 
 from sodlab.bench import notebooks as nbrun
 from sodlab.bench import record, report, run_benchmarks
+from sodlab.bench.study_view import earlier_images
 from sodlab.errors import InputError
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -167,8 +168,9 @@ def test_index_flags_failed_and_slow(tmp_path):
         {"stem": "03_full", "status": "ok", "seconds": 400.0, "quick": False, "numbers": {}},
     ]
     results = tmp_path / "results"
-    results.mkdir()
-    (results / "02_slow.json").write_text(json.dumps({"numbers": {"AP": 0.4321}}))
+    (results / "studies").mkdir(parents=True)
+    (results / "studies" / f"augmentation-{earlier_images()}.json").write_text(json.dumps(
+        {"study": "augmentation", "comparisons": [], "extras": {"headline": {"AP": 0.4321}}}))
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"benchmarks": {"eval_speed": {"speedup": 7.5}},
                                  "skipped": {"sliding": "not written yet"}, "failed": {},
@@ -237,31 +239,34 @@ def test_index_shows_headline_beside_committed_values_and_verdicts(tmp_path):
              "html": "html/03_fpn.html", "json": "nb/03_fpn.json", "numbers": numbers}]
     results = Path(__file__).resolve().parents[1] / "results"   # the committed full runs
     text = report.write_index(reports, rows, results_dir=results).read_text()
-    committed = json.loads((results / "03_fpn.json").read_text())["numbers"]
+    study = json.loads((results / "studies" / f"fpn-{earlier_images()}.json").read_text())
+    committed = study["extras"]["headline"]
     assert "AP_small_fpn" in text and "0.05" in text
     assert report.fmt(committed["AP_small_fpn"]) in text          # the full-mode value beside
     assert report.fmt(committed["images_per_s_fpn"]) in text
     assert "not_in_headline" not in text and 'href="nb/03_fpn.json"' in text
     assert 'href="html/03_fpn.html">executed notebook' in text
-    # the verdicts of the committed file, computed by sodlab.metrics.verdict, with sentences
-    from sodlab.bench.show import comparisons
-
-    for c in comparisons("03_fpn", results):
-        assert f"{c.label}: <span" in text and c.verdict in text
+    # the verdicts of the committed study, computed by sodlab.metrics.verdict, with sentences
+    for c in study["comparisons"]:
+        assert f"{c['b']} vs {c['a']}, {c['metric']}: <span" in text and c["verdict"] in text
     assert "fpn vs baseline, AP_small: <span class=\"v-up\">up</span>" in text
     assert "Mean difference +0.304" in text
     # notebooks with committed results that did not run here still show their verdicts
     assert "Committed results of notebooks not run here" in text
-    assert "results/06_dense_anchors.json" in text and "faceboxes vs fpn, AP_tiny" in text
+    assert f"results/studies/dense_anchors-{earlier_images()}.json" in text
+    assert "faceboxes vs fpn, AP_tiny" in text
     assert "quality" in text and "Other committed results" in text
 
 
 def test_index_survives_a_broken_committed_file(tmp_path):
     results = tmp_path / "results"
     (results / "studies").mkdir(parents=True)
-    (results / "02_augmentation.json").write_text(json.dumps({"numbers": {"per_seed": [1]}}))
-    (results / "studies" / "augmentation-3200.json").write_text(json.dumps({"comparisons": [1]}))
+    name = f"augmentation-{earlier_images()}.json"
+    (results / "studies" / name).write_text(json.dumps({"comparisons": [1]}))
     rows = [{"stem": "02_augmentation", "status": "ok", "seconds": 5.0, "quick": True,
              "numbers": {"AP": 0.1}}]
     text = report.write_index(tmp_path, rows, results_dir=results).read_text()
-    assert "unreadable" in text and "results/02_augmentation.json" in text
+    assert "unreadable" in text and f"results/studies/{name}" in text
+    (results / "studies" / name).write_text("{not json")
+    text = report.write_index(tmp_path, rows, results_dir=results).read_text()
+    assert "unreadable" in text and "not valid JSON" in text

@@ -17,6 +17,7 @@ from sodlab.bench.studies import STUDIES
 from sodlab.errors import InputError
 
 METHODS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+STUDIES_DIR = METHODS.parents[1] / "results" / "studies"
 GENERATED = re.compile(r"<!-- generated: (\S+) -->\n.*?<!-- end generated: \1 -->", re.S)
 
 
@@ -47,8 +48,18 @@ def test_methods_has_no_typed_ours_row_and_a_section_for_every_study():
     assert set(readme.OURS) <= set(sections) <= set(readme.RENDER)
 
 
+def _earlier_study_only(folder: Path, name: str) -> str:
+    """Copy the committed study ``name`` at the earlier budget into ``folder``; its file name."""
+    from sodlab.bench.study_view import earlier_images
+
+    file = f"{name}-{earlier_images()}.json"
+    (folder / file).write_text((STUDIES_DIR / file).read_text())
+    return file
+
+
 def test_an_ours_section_shows_the_full_study_once_it_exists(tmp_path, monkeypatch):
     monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    _earlier_study_only(tmp_path, "fpn")
     spec = readme.Ours("fpn")
     before = readme.render_ours(spec)
     assert "not yet run at the full budget" in before
@@ -143,10 +154,11 @@ def test_a_bare_result_file_is_read_too(tmp_path, monkeypatch):
 def test_pyramidbox_sections_show_the_committed_ablation_or_say_not_committed(tmp_path,
                                                                                monkeypatch):
     monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    file = _earlier_study_only(tmp_path, "pyramidbox")
     rows = readme.render("ours_pyramidbox_rows")
-    assert "+ data-anchor-sampling vs s3fd" in rows and "`results/08_pyramidbox.json`" in rows
-    assert "hard-negative false alarms per image" in rows
-    monkeypatch.setattr(readme, "_results", lambda: tmp_path)
+    assert "pyramidbox + DAS vs s3fd" in rows and f"`results/studies/{file}`" in rows
+    assert "hard-negative false alarms per image" in rows and "not committed" not in rows
+    (tmp_path / file).unlink()
     neck = readme.render("ours_pyramidbox_neck")
     assert "No earlier-budget result is committed either" in neck
     assert "no neck (`s3fd`): not committed / not committed / not committed." in neck

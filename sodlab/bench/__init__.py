@@ -5,7 +5,8 @@ Layer L4. Notebook 10 (benchmark report) and ``reports/index.html`` show what is
 - ``record(out_dir, stem, numbers, quick=, seed=, data_dir=, seconds=, headline=)`` writes
   ``out_dir/<stem>.json`` = ``{"notebook", "numbers", "headline", "provenance"}``; every
   notebook ends with it, naming in ``headline`` the three to six (flattened) keys of
-  ``numbers`` that ``reports/index.html`` shows beside the committed full-mode values.
+  ``numbers`` that ``reports/index.html`` shows beside the committed full-mode values
+  (the ``extras["headline"]`` of the notebook's study at the earlier budget).
 - committed results are studies (``results/studies/NAME.json``, ``NAME-<images>.json``),
   shown by ``sodlab.bench.study_view`` (``show_study``, ``show_earlier``).
 - ``BENCHMARKS``: the plain, ordered list of benchmark modules ``sodlab.bench.<name>``,

@@ -18,15 +18,17 @@ ours is typed by hand:
 - ``studies``: each notebook's study (``results/studies/NAME.json``) at the full budget: one
   line per comparison on AP_small with its paired difference and verdict, or what is
   still to run;
-- ``old_results``: the committed notebook results of the earlier budget (``results/NN_*.json``),
-  each notebook's headline numbers as its run recorded them;
+- ``old_results``: the notebooks' results of the earlier budget, converted to studies
+  (``results/studies/NAME-3200.json``): each notebook's headline numbers (the keys its
+  ``record(headline=...)`` names, kept in the study's ``extras["headline"]``);
 - ``ours_*`` (``docs/methods.md``, after the paper tables): ``OURS`` declares one per table
   that sets our numbers beside a paper's. ``render_ours`` writes a study's comparisons on
   one metric (B against A, the paired difference, its 95 % interval, the verdict) and the
   techniques' means when ``results/studies/NAME.json`` exists; otherwise the command that
-  makes it, then the same comparisons from the notebook's earlier-budget
-  ``results/NN_*.json`` under the older unpaired rule. Either way it adds the section's
-  named facts from that file (numbers a study does not record, such as receptive fields).
+  makes it, then the same comparisons from the study at the earlier budget
+  (``results/studies/NAME-3200.json``) under the older unpaired rule. Either way it adds the
+  section's named facts from that file (its techniques' numbers, and its ``extras``: numbers
+  a study does not compare, such as receptive fields).
   PyramidBox has three: the ablation row by row on AP_tiny with every metric's means
   (``ours_pyramidbox_rows``), the neck (``ours_pyramidbox_neck``: no neck against LFPN, per
   seed, and the receptive fields), and AP_small beside the paper (``ours_pyramidbox``).
@@ -108,20 +110,24 @@ def render_studies() -> str:
     return "\n".join(lines)
 
 
+def _earlier(study: str) -> tuple[str, dict | None]:
+    """(file, result) of ``study`` at the earlier budget (``results/studies/NAME-3200.json``)."""
+    from sodlab.bench.study_view import earlier_images, load_study
+
+    images = earlier_images()
+    return (f"results/studies/{study}-{images}.json", load_study(study, images=images))
+
+
 def render_old_results() -> str:
-    from sodlab.bench.report import flatten
+    from sodlab.bench.studies import STUDIES
 
     lines = []
-    for p in sorted(_results().glob("[0-9][0-9]_*.json")):
-        obj = json.loads(p.read_text())
-        head = obj.get("headline") or []
-        if not head:
-            continue
-        flat = flatten(obj.get("numbers") or {})
-        seen = ((obj.get("numbers") or {}).get("budget") or {}).get("images_seen")
-        vals = "; ".join(f"{k} {_fmt(flat.get(k))}" for k in head)
-        lines.append(f"- `{obj['notebook']}`{f' ({seen:,} images seen)' if seen else ''}: "
-                     f"{vals}.")
+    for name, st in STUDIES.items():
+        res = _earlier(name)[1]
+        extras = (res or {}).get("extras") or {}
+        if extras.get("headline"):
+            vals = "; ".join(f"{k} {_fmt(v)}" for k, v in extras["headline"].items())
+            lines.append(f"- `{st.notebook}` ({_earlier_seen(extras)}): {vals}.")
     return "\n".join(lines) or "No committed notebook results."
 
 
@@ -131,8 +137,9 @@ class Ours(NamedTuple):
     """One "ours" section of docs/methods.md: a study's comparisons beside a paper table.
 
     ``only``: a regular expression searched in each comparison's B (the study's technique
-    name, or the earlier file's label); "" shows them all. ``facts``: ``(label, keys)``
-    pairs, each key a flattened number of the notebook's ``results/NN_*.json``.
+    name); "" shows them all. ``facts``: ``(label, keys)`` pairs, each key the flattened
+    path of a number in the study's file at the earlier budget: ``techniques.NAME.mean.METRIC``,
+    ``techniques.NAME.seeds.SEED.METRIC`` or ``extras.KEY...``.
     """
 
     study: str
@@ -143,22 +150,31 @@ class Ours(NamedTuple):
 
 _SLICING = ("full image", "tiles 1x, nms", "tiles 2x up, nms", "tiles 1x, merge",
             "tiles 2x up, merge")
-_RN = ("RoI head + NMS", "RoI head + soft-NMS", "RoI head + learned NMS", "relation + NMS",
+_RN = ("RoI head", "RoI head + soft-NMS", "RoI head + learned NMS", "relation",
        "relation + soft-NMS", "relation + learned NMS")
-_SOFT = ("RoI head + NMS", "RoI head + soft-NMS", "relation + soft-NMS")
-_PB = ("s3fd", "+ LFPN", "+ PyramidAnchors", "+ CPM", "+ max-in-out", "+ data-anchor-sampling")
+_SOFT = ("RoI head", "RoI head + soft-NMS", "relation + soft-NMS")
+_PB = ("s3fd", "+ LFPN", "+ PyramidAnchors", "+ CPM", "pyramidbox", "pyramidbox + DAS")
 _NECKS = ("plain (s3fd)", "LFPN from stride 32", "top-down from the top (stride 128)")
 
 
+def _means(names, metric: str) -> tuple[str, ...]:
+    """The fact keys of techniques ``names``' means on ``metric``."""
+    return tuple(f"techniques.{n}.mean.{metric}" for n in names)
+
+
+def _extras(key: str, names) -> tuple[str, ...]:
+    """The fact keys ``extras.KEY.NAME`` of each of ``names``."""
+    return tuple(f"extras.{key}.{n}" for n in names)
+
+
 def _pb_row_fact(label: str, metric: str) -> tuple[str, tuple[str, ...]]:
-    """PyramidBox's ablation rows on one metric, mean of the seeds (08's ``by_step``)."""
-    return (f"{label}, mean of the seeds: " + " / ".join(_PB),
-            tuple(f"by_step.{row}.{metric}" for row in _PB))
+    """PyramidBox's ablation rows on one metric, mean of the seeds."""
+    return (f"{label}, mean of the seeds: " + " / ".join(_PB), _means(_PB, metric))
 
 
 def _pb_seed_fact(label: str, row: str) -> tuple[str, tuple[str, ...]]:
     return (f"AP_small of seeds 0 / 1 / 2, {label}",
-            tuple(f"per_seed.{row}.{seed}.AP_small" for seed in (0, 1, 2)))
+            tuple(f"techniques.{row}.seeds.{seed}.AP_small" for seed in (0, 1, 2)))
 
 # docs/methods.md's "ours" sections of a study, by section name.
 OURS: dict[str, Ours] = {
@@ -166,50 +182,48 @@ OURS: dict[str, Ours] = {
     "ours_fpn": Ours("fpn"),
     "ours_ssh": Ours("ssh", facts=(
         ("theoretical receptive field of M1 / M2 / M3, px",
-         tuple(f"ssh_rf_px.M{i}" for i in (1, 2, 3))),
+         _extras("ssh_rf_px", ("M1", "M2", "M3"))),
         ("side of the square holding 95 % of M1's effective receptive field, untrained / "
-         "trained, px", ("erf95_side_px.untrained/M1", "erf95_side_px.trained/M1")))),
+         "trained, px", _extras("erf95_side_px", ("untrained/M1", "trained/M1"))))),
     "ours_snip": Ours("snip_sniper", only=r"^(SNIP|MST)\b"),
     "ours_sniper": Ours("snip_sniper", only=r"^SNIPER\b", facts=(
         ("pixels processed in an epoch against single-scale training, SNIPER",
-         ("pixels_vs_single.sniper",)),)),
+         _extras("pixels_vs_single", ("sniper",))),)),
     "ours_sliced_inference": Ours("snip_sniper", only=r"^sliced", facts=(
-        ("AP_small: " + " / ".join(_SLICING), tuple(f"slicing.{k}.AP_small" for k in _SLICING)),
-        ("ms per image, same order", tuple(f"slicing.{k}.ms/img" for k in _SLICING)))),
+        ("AP_small: " + " / ".join(_SLICING),
+         _extras("slicing", (f"{k}.AP_small" for k in _SLICING))),
+        ("ms per image, same order", _extras("slicing", (f"{k}.ms/img" for k in _SLICING))))),
     "ours_faceboxes": Ours("dense_anchors", only=r"^faceboxes", facts=(
         ("share of the faces under 16 px with no anchor at IoU 0.35, faceboxes",
-         ("unmatched_share_tiny.faceboxes (0.35)",)),)),
+         _extras("unmatched_share_tiny", ("faceboxes (0.35)",))),)),
     "ours_s3fd": Ours("dense_anchors", only=r"^s3fd", facts=(
         ("share of the faces under 16 px with no matched anchor, s3fd at IoU 0.5 / 0.35 / "
-         "0.35 + compensation", tuple(f"unmatched_share_tiny.s3fd ({k})"
-                                      for k in ("0.5", "0.35", "0.35 + compensation"))),)),
+         "0.35 + compensation", _extras("unmatched_share_tiny", (
+             f"s3fd ({k})" for k in ("0.5", "0.35", "0.35 + compensation")))),)),
     "ours_perceptual_gan": Ours("perceptual_gan"),
     "ours_pyramidbox_rows": Ours("pyramidbox", metric="AP_tiny", facts=(
         _pb_row_fact("AP", "AP"), _pb_row_fact("AP_small", "AP_small"),
         _pb_row_fact("AP_tiny", "AP_tiny"), _pb_row_fact("R50_tiny", "R50_tiny"),
         _pb_row_fact("hard-negative false alarms per image", "hn_fp_per_image"),
         ("median face side after the training resize, px: ResizeLongest / "
-         "data-anchor-sampling", tuple(f"das_face_side_median_px.{k}"
-                                       for k in ("ResizeLongest", "data-anchor-sampling"))))),
+         "data-anchor-sampling", _extras("das_face_side_median_px",
+                                         ("ResizeLongest", "data-anchor-sampling"))))),
     "ours_pyramidbox_neck": Ours("pyramidbox", only=r"^\+ LFPN$", facts=(
         _pb_seed_fact("no neck (`s3fd`)", "s3fd"),
         _pb_seed_fact("LFPN merging by product, the paper's (`+ LFPN`)", "+ LFPN"),
-        ("AP_tiny, mean of the seeds, no neck / LFPN",
-         ("by_step.s3fd.AP_tiny", "by_step.+ LFPN.AP_tiny")),
+        ("AP_tiny, mean of the seeds, no neck / LFPN", _means(("s3fd", "+ LFPN"), "AP_tiny")),
         ("theoretical receptive field at stride 4, px: " + " / ".join(_NECKS),
-         tuple(f"rf_px.{k}.4" for k in _NECKS)),
+         _extras("rf_px", (f"{k}.4" for k in _NECKS))),
         ("side of the square holding 95 % of the effective receptive field at stride 4, "
-         "untrained, px, same order", tuple(f"erf95_p4_px.{k}" for k in _NECKS)))),
+         "untrained, px, same order", _extras("erf95_p4_px", _NECKS)))),
     "ours_pyramidbox": Ours("pyramidbox"),
     "ours_relation_networks": Ours("relation_networks", facts=(
         ("AP_small, mean of the seeds, with soft-NMS (a post-processing the study does not "
-         "declare): " + " / ".join(_SOFT), tuple(f"AP_small.{k}" for k in _SOFT)),
-        ("duplicates per image: " + " / ".join(_RN),
-         tuple(f"duplicates_per_image.{k}" for k in _RN)))),
+         "declare): " + " / ".join(_SOFT), _means(_SOFT, "AP_small")),
+        ("duplicates per image: " + " / ".join(_RN), _means(_RN, "duplicates_per_image")))),
     "ours_tiny_objects": Ours("tiny_objects"),
     "ours_wider": Ours("dense_anchors", metric="AP50", facts=(
-        ("AP50: fpn / s3fd / faceboxes", tuple(f"ap_by_preset.{k}.AP50"
-                                              for k in ("fpn", "s3fd", "faceboxes"))),)),
+        ("AP50: fpn / s3fd / faceboxes", _means(("fpn", "s3fd", "faceboxes"), "AP50")),)),
 }
 
 _OLD_RULE = ("older unpaired rule: every seed agrees and the two techniques' own 95 % "
@@ -264,64 +278,62 @@ def _steps_seen(budget: dict | None) -> int | None:
     return steps * batch if steps and batch else None
 
 
-def _old_seen(numbers: dict) -> str:
-    """The images seen of an earlier-budget notebook result, as its budget recorded them."""
-    budget = numbers.get("budget") or {}
-    base = budget.get("base") or numbers.get("base_budget")
+def _earlier_seen(extras: dict) -> str:
+    """The images seen at the earlier budget, as the notebook's run recorded its budget
+    (the converted study's ``extras``)."""
+    budget = extras.get("budget") or {}
+    base = budget.get("base") or extras.get("base_budget")
     if base:
-        stage = numbers.get("stage_two_budget") or budget
+        stage = extras.get("stage_two_budget") or budget
         return (f"{_fmt(_steps_seen(base))} base + {_fmt(_steps_seen(stage))} second-stage "
-                f"images seen, {len(numbers.get('seeds') or budget.get('seeds') or [])} seeds")
+                f"images seen, {len(extras.get('seeds') or budget.get('seeds') or [])} seeds")
     seen = _steps_seen(budget)
-    seeds = numbers.get("seeds") or budget.get("seeds")
+    seeds = extras.get("seeds") or budget.get("seeds")
     n = len(seeds) if isinstance(seeds, list) else 1 if "seed" in budget else None
     return ((f"{seen:,} images seen" if seen else "images seen not recorded")
             + (f", {n} seed{'s' if n != 1 else ''}" if n else ""))
 
 
-def _old_numbers(stem: str) -> dict | None:
-    p = _results() / f"{stem}.json"
-    return (json.loads(p.read_text()).get("numbers") or {}) if p.is_file() else None
+def _earlier_mean(c: dict, techniques: dict, side: str) -> float | None:
+    """Technique ``c[side]``'s mean on the comparison's metric over the seeds it compares."""
+    k, t = c["metric"], techniques[c[side]]
+    other = techniques[c["b" if side == "a" else "a"]]["seeds"]
+    vals = [m[k] for s, m in t["seeds"].items()
+            if s in c["per_seed"] and k in m and k in other.get(s, {})]
+    return sum(vals) / len(vals) if vals else t["mean"].get(k)
 
 
-def _old_row(c) -> str:
-    """One earlier-budget comparison (``sodlab.bench.show.Comparison``) as a table row."""
-    pairs = [v for v in c.per_seed.values() if isinstance(v, (list, tuple))]
-    mean_a = sum(p[0] for p in pairs) / len(pairs) if pairs else c.mean_a
-    mean_b = sum(p[1] for p in pairs) / len(pairs) if pairs else c.mean_b
-    diffs = [p[1] - p[0] if isinstance(p, (list, tuple)) else p for p in c.per_seed.values()]
-    return (f"| {c.b} vs {c.a} | {_fmt(mean_a)} | {_fmt(mean_b)} | "
-            f"{' / '.join(_signed(d) for d in diffs) or '—'} | {c.verdict} |")
+def _earlier_row(c: dict, techniques: dict) -> str:
+    """One earlier-budget comparison as a table row: A, B, B − A per seed, the verdict."""
+    diffs = " / ".join(_signed(d) for d in c["per_seed"].values()) or "—"
+    return (f"| {c['b']} vs {c['a']} | {_fmt(_earlier_mean(c, techniques, 'a'))} | "
+            f"{_fmt(_earlier_mean(c, techniques, 'b'))} | {diffs} | {c['verdict']} |")
 
 
-def _old_lines(spec: Ours, stem: str) -> list[str]:
-    """The earlier budget's comparisons on ``spec.metric`` (``results/<stem>.json``)."""
-    from sodlab.bench.show import comparisons
-
-    numbers = _old_numbers(stem)
-    if numbers is None:
+def _earlier_lines(spec: Ours, file: str, res: dict | None) -> list[str]:
+    """The earlier budget's comparisons on ``spec.metric`` (``file``, the study ``res``)."""
+    if res is None:
         return ["No earlier-budget result is committed either."]
-    comps = [c for c in comparisons(stem) if c.metric == spec.metric and _shown(spec, c.b)]
-    head = (f"The earlier budget ({_old_seen(numbers)}, `results/{stem}.json`), "
-            f"{_OLD_RULE}:")
+    comps = [c for c in res["comparisons"]
+             if c["metric"] == spec.metric and _shown(spec, c["b"])]
     if not comps:
-        return [f"The earlier budget (`results/{stem}.json`) holds no comparison on "
-                f"{spec.metric} for this table."]
+        return [f"The earlier budget (`{file}`) holds no comparison on {spec.metric} for "
+                f"this table."]
+    head = (f"The earlier budget ({_earlier_seen(res.get('extras') or {})}, `{file}`), "
+            f"{_OLD_RULE}:")
     return [head, "", f"| B vs A | A, {spec.metric} | B | B − A per seed | verdict |",
-            "|---|---|---|---|---|", *(_old_row(c) for c in comps)]
+            "|---|---|---|---|---|", *(_earlier_row(c, res["techniques"]) for c in comps)]
 
 
-def _fact_lines(spec: Ours, stem: str) -> list[str]:
-    """The section's named facts from ``results/<stem>.json`` ("not committed" if absent)."""
+def _fact_lines(spec: Ours, file: str, res: dict | None) -> list[str]:
+    """The section's named facts from the earlier-budget study (``Ours.facts``)."""
     if not spec.facts:
         return []
     from sodlab.bench.report import flatten
 
-    numbers = _old_numbers(stem)
-    flat = flatten(numbers) if numbers is not None else {}
-    where = (f"`results/{stem}.json`, the earlier budget ({_old_seen(numbers)})"
-             if numbers is not None
-             else f"`results/{stem}.json`: not committed")
+    flat = flatten(res) if res is not None else {}
+    where = (f"`{file}`, the earlier budget ({_earlier_seen(res.get('extras') or {})})"
+             if res is not None else f"`{file}`: not committed")
     lines = [f"From {where}:", ""]
     for label, keys in spec.facts:
         vals = [_value(flat[k]) if k in flat else "not committed" for k in keys]
@@ -332,17 +344,16 @@ def _fact_lines(spec: Ours, stem: str) -> list[str]:
 def render_ours(spec: Ours) -> str:
     """One "ours" section of docs/methods.md (``OURS``): the study at the full budget, or the
     command to run it and the earlier budget's numbers; then the section's facts."""
-    from sodlab.bench.studies import STUDIES
     from sodlab.bench.study_view import load_study
 
-    stem = STUDIES[spec.study].notebook
+    file, earlier = _earlier(spec.study)
     res = load_study(spec.study)
     if res is not None:
         lines = _study_lines(res, spec)
     else:
         lines = [f"Ours: not yet run at the full budget (`sodlab study run {spec.study} "
-                 f"--full`).", "", *_old_lines(spec, stem)]
-    facts = _fact_lines(spec, stem)
+                 f"--full`).", "", *_earlier_lines(spec, file, earlier)]
+    facts = _fact_lines(spec, file, earlier)
     return "\n".join(lines + ([""] + facts if facts else []))
 
 

@@ -6,12 +6,13 @@ One self-contained page (inline CSS, no external assets, no JavaScript):
 - a row per notebook: status, run time (flagged over 90 s in quick mode), a link to its
   executed HTML, and its **headline numbers** (the three to six keys its ``record(...,
   headline=[...])`` call names; the first few numbers when it names none) in a small table:
-  this run's value beside the committed full-mode value at the same key
-  (``results/<stem>.json``), with the verdicts of the same run as committed in the study
-  format (``results/studies/NAME-3200.json``, read by ``sodlab.bench.show.comparisons``),
-  each with its sentence folded under it. Every other number stays in the notebook's JSON, linked;
+  this run's value beside the committed full-mode value at the same key, and the verdicts
+  of that committed run, each with its sentence folded under it. Both come from the
+  notebook's study at the earlier budget (``results/studies/NAME-3200.json``: the headline
+  numbers in its ``extras["headline"]``, the verdicts its comparisons'). Every other number
+  stays in the notebook's JSON, linked;
 - the errors of failed notebooks;
-- committed results no notebook row names (benchmarks, ``quality.json``);
+- committed results no notebook row names (those studies, benchmarks, ``quality.json``);
 - ``reports/bench.json`` (``sodlab bench``) as one table per benchmark;
 - the run's provenance (commit, versions, threads, CPU, seed, data, mode, time).
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 QUICK_LIMIT_S = 90.0
 MAX_NUMBERS = 12  # numbers shown per "other committed result"; the JSON has them all
 FALLBACK_HEADLINE = 6  # numbers shown for a notebook that names no headline
-NOTEBOOK_STEM = re.compile(r"^[0-9][0-9]_")  # results/NN_name.json: a notebook's full run
+NOTEBOOK_STEM = re.compile(r"^[0-9][0-9]_")  # a notebook's name: NN_name
 
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
@@ -107,15 +108,37 @@ def _load_json(path: Path):
         return None
 
 
+def _earlier_studies(results_dir: Path) -> dict[str, tuple[str, Path]]:
+    """``{notebook: (study, path)}`` of the studies committed at the earlier budget
+    (``<results_dir>/studies/NAME-3200.json``)."""
+    from sodlab.bench.studies import STUDIES
+    from sodlab.bench.study_view import earlier_images
+
+    images = earlier_images()
+    found = {st.notebook: (name, results_dir / "studies" / f"{name}-{images}.json")
+             for name, st in STUDIES.items()}
+    return {stem: v for stem, v in found.items() if v[1].is_file()}
+
+
 def committed_results(results_dir: str | os.PathLike | None) -> dict[str, dict]:
-    """``results/*.json`` by stem (each ``{"numbers": ..., "provenance": ...}`` or plain)."""
+    """The committed results by name: ``results/*.json`` by stem (benchmarks, ``quality``, the
+    learning curve; each ``{"numbers": ..., "provenance": ...}`` or plain), and each
+    notebook's study at the earlier budget under the notebook's stem, as ``{"file",
+    "headline", "numbers"}``: the headline numbers its ``extras["headline"]`` keeps."""
     out: dict[str, dict] = {}
     if results_dir is None or not Path(results_dir).is_dir():
         return out
     for p in sorted(Path(results_dir).glob("*.json")):
         obj = _load_json(p)
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and not NOTEBOOK_STEM.match(p.stem):  # notebooks: studies
             out[p.stem] = obj
+    for stem, (_, path) in _earlier_studies(Path(results_dir)).items():
+        obj = _load_json(path)
+        extras = obj.get("extras") if isinstance(obj, dict) else None
+        head = extras.get("headline") if isinstance(extras, dict) else None
+        head = head if isinstance(head, dict) else {}
+        out[stem] = {"file": f"results/studies/{path.name}", "headline": list(head),
+                     "numbers": dict(head)}
     return out
 
 
@@ -154,19 +177,23 @@ def _headline_cell(row: dict, committed: dict | None) -> str:
 
 
 def committed_verdicts(stem: str, results_dir: str | os.PathLike | None) -> list[dict]:
-    """``[{"label", "verdict", "sentence"}]`` from ``results/<stem>.json`` ([] if none)."""
-    from sodlab.bench.show import comparisons
+    """``[{"label", "verdict", "sentence"}]`` of notebook ``stem``'s study at the earlier
+    budget ([] if none is committed)."""
+    from sodlab.bench.study_view import load_study
     from sodlab.errors import InputError
 
     if results_dir is None or not Path(results_dir).is_dir():
         return []
+    found = _earlier_studies(Path(results_dir)).get(stem)
+    if found is None:
+        return []
+    name, path = found
     try:
-        comps = comparisons(stem, results_dir)
-        return [{"label": c.label, "verdict": c.verdict, "sentence": c.sentence}
-                for c in comps]
+        return [{"label": f"{c['b']} vs {c['a']}, {c['metric']}", "verdict": c["verdict"],
+                 "sentence": c["sentence"]} for c in load_study(name, path)["comparisons"]]
     except (InputError, AttributeError, TypeError, KeyError, ValueError) as exc:
         # a report without verdicts is still a report: say which file is at fault
-        return [{"label": f"results/{stem}.json", "verdict": "unreadable",
+        return [{"label": f"results/studies/{path.name}", "verdict": "unreadable",
                  "sentence": f"{type(exc).__name__}: {exc}"}]
 
 
@@ -258,6 +285,21 @@ def _prov_section(prov: dict) -> str:
     return '<h2>Provenance of this run</h2><dl class="prov">' + "".join(items) + "</dl>"
 
 
+def _books_section(books: dict[str, dict], verdicts: dict[str, list[dict]]) -> list[str]:
+    """The committed results of notebooks no row names: their headline numbers, verdicts."""
+    parts = ["<h2>Committed results of notebooks not run here</h2><table><tr>"
+             "<th>File</th><th>Numbers (committed)</th><th>Verdicts</th></tr>"]
+    for stem, obj in books.items():
+        keys = _headline_keys({}, obj)
+        nums = flatten(obj.get("numbers", obj))
+        items = "".join(f"<li><b>{html.escape(k)}</b> {html.escape(fmt(nums[k]))}</li>"
+                        for k in keys if k in nums)
+        parts.append(f"<tr><td>{html.escape(obj.get('file', stem))}</td><td>"
+                     f'<ul class="kv full">{items}</ul></td><td>'
+                     f"{_verdict_cell(verdicts.get(stem, []))}</td></tr>")
+    return parts + ["</table>"]
+
+
 def render_index(rows: list[dict], *, provenance: dict | None = None,
                  full: dict[str, dict] | None = None, bench: dict | None = None,
                  verdicts: dict[str, list[dict]] | None = None) -> str:
@@ -282,7 +324,9 @@ def render_index(rows: list[dict], *, provenance: dict | None = None,
              "<h2>Notebooks</h2>", _notebook_table(rows, full, verdicts)]
     if full:
         parts.append('<p class="note">Committed full-mode results come from '
-                     "<code>results/*.json</code>: real runs of the full budget, shown "
+                     "<code>results/studies/NAME-3200.json</code> (each notebook's run at "
+                     "the earlier budget, its verdicts by the older unpaired rule) and "
+                     "<code>results/*.json</code>: real runs, shown "
                      "beside this run's headline numbers. A verdict is "
                      "<code>sodlab.metrics.verdict</code>: up or down only when the 95 % "
                      "bootstrap intervals are apart and every seed agrees (without intervals: "
@@ -290,17 +334,7 @@ def render_index(rows: list[dict], *, provenance: dict | None = None,
         extra = {k: v for k, v in full.items() if k not in {r["stem"] for r in rows}}
         books = {k: v for k, v in extra.items() if NOTEBOOK_STEM.match(k)}
         if books:
-            parts.append("<h2>Committed results of notebooks not run here</h2><table><tr>"
-                         "<th>File</th><th>Numbers (committed)</th><th>Verdicts</th></tr>")
-            for stem, obj in books.items():
-                keys = _headline_keys({}, obj)
-                nums = flatten(obj.get("numbers", obj))
-                items = "".join(f"<li><b>{html.escape(k)}</b> {html.escape(fmt(nums[k]))}</li>"
-                                for k in keys if k in nums)
-                parts.append(f"<tr><td>results/{html.escape(stem)}.json</td><td>"
-                             f'<ul class="kv full">{items}</ul></td><td>'
-                             f"{_verdict_cell((verdicts or {}).get(stem, []))}</td></tr>")
-            parts.append("</table>")
+            parts += _books_section(books, verdicts or {})
         extra = {k: v for k, v in extra.items() if k not in books}
         if extra:
             parts.append("<h2>Other committed results</h2><table><tr><th>File</th>"

@@ -9,9 +9,10 @@ change (``sodlab.bench.papers``), the paper's figure and whether our verdict goe
 ``side_by_side`` puts the verdicts of the same comparisons from two results (two budgets)
 next to each other. ``show_earlier(name)`` shows ``NAME-3200.json``: the notebooks' runs of
 the earlier budget (3,200 images seen), converted to this format once; its comparisons were
-decided by the older unpaired rule (``"rule"``), so their paired intervals are None, each
-keeps the seed-0 intervals it rested on (``"unpaired_intervals"``) and the earlier file's
-labels (``"earlier"``), and ``"extras"`` holds the notebook's other evidence of that run.
+decided by the older unpaired rule (``"rule"``), so their paired intervals are None and each
+keeps the seed-0 intervals it rested on (``"unpaired_intervals"``); ``"extras"`` holds the
+notebook's other evidence of that run, and in ``"headline"`` the numbers its
+``record(headline=...)`` names (``reports/index.html`` sets them beside a quick run's).
 Taught in notebook 10_benchmark_report.
 """
 
