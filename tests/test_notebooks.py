@@ -45,9 +45,9 @@ MAX_STREAM_LINES = 40
 
 def output_problems(nb) -> list[str]:
     """What a student should not see in an executed notebook (issue list of the teaching rules):
-    a figure printed as ``<Figure size ...>`` instead of drawn, a printed stream longer than
-    ``MAX_STREAM_LINES`` lines (a dump, not a table), a pandas table cut to ``...`` rows; and
-    a notebook without a single image."""
+    a figure printed as ``<Figure size ...>`` instead of drawn, a printed stream or a cell's
+    value shown as plain text longer than ``MAX_STREAM_LINES`` lines (a dump, not a table), a
+    pandas table cut to ``...`` rows; and a notebook without a single image."""
     problems, images = [], 0
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
@@ -67,6 +67,10 @@ def output_problems(nb) -> list[str]:
                 lines = "".join(out.get("text", "")).count("\n")
                 if lines > MAX_STREAM_LINES:
                     problems.append(f"cell {i}: {lines} printed lines (a dump)")
+            elif text and not html and "image/png" not in data and (
+                    text.count("\n") > MAX_STREAM_LINES):
+                problems.append(f"cell {i}: a {text.count(chr(10))}-line value shown as text "
+                                f"(a dump)")
     if not images:
         problems.append("no image in the whole notebook")
     return problems
@@ -77,9 +81,10 @@ def test_output_problems_finds_each_kind():
     fig_text = nbformat.v4.new_output("execute_result", {"text/plain": "<Figure size 9x5>"})
     cut = nbformat.v4.new_output("display_data", {"text/html": "<table><td>...</td></table>"})
     dump = nbformat.v4.new_output("stream", name="stdout", text="x\n" * 41)
-    nb.cells = [nbformat.v4.new_code_cell("", outputs=[fig_text, cut, dump])]
+    value = nbformat.v4.new_output("execute_result", {"text/plain": "{'a': 1,\n" * 41})
+    nb.cells = [nbformat.v4.new_code_cell("", outputs=[fig_text, cut, dump, value])]
     found = output_problems(nb)
-    assert len(found) == 4 and "no image" in found[-1]
+    assert len(found) == 5 and "no image" in found[-1] and "value shown as text" in found[3]
     png = nbformat.v4.new_output("display_data", {"image/png": "iVBOR", "text/plain": "<Figure"})
     nb.cells = [nbformat.v4.new_code_cell("", outputs=[png])]
     assert output_problems(nb) == []
