@@ -164,6 +164,39 @@ def test_train_writes_checkpoints_log_and_metrics(root, tmp_path, tiny_detector)
     assert {"optimizer", "scheduler", "rng", "provenance", "config"} <= set(ck)
 
 
+def test_validation_during_training_scores_a_subset_and_the_end_the_whole_split(
+        root, tmp_path, tiny_detector):
+    from sodlab.data.coco import load_coco
+    from sodlab.engine import load_detector, train
+    from sodlab.engine.predict import evaluate_model, first_images
+    from sodlab.metrics import evaluate
+
+    s = train("tiny", root, tmp_path / "run", max_steps=4, batch_size=4, progress=False,
+              device="cpu", val_images=2)
+    pred = load_detector(tmp_path / "run" / "last.pt")
+    whole = evaluate_model(pred.model, root / "val", input_size=pred.input_size,
+                           cat_ids=pred.cat_ids)
+    for k in ("AP", "AP50", "AP_small", "num_detections"):
+        assert s["metrics"][k] == whole[k], k           # the final metrics: the whole split
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    mid = [x["val"] for x in lines if x["event"] == "epoch" and x["val"]]
+    two = evaluate_model(pred.model, root / "val", input_size=pred.input_size,
+                         cat_ids=pred.cat_ids, max_images=2)
+    gt = load_coco(root / "val")
+    assert len(first_images(gt, 2)["images"]) == 2 and first_images(gt, 0) is gt
+    ids = {im["id"] for im in first_images(gt, 2)["images"]}
+    assert all(a["image_id"] in ids for a in first_images(gt, 2)["annotations"])
+    # the subset's metrics are the whole pipeline run on a split of those two images alone
+    from sodlab.engine.predict import predict_split
+    dets = predict_split(pred.model, root / "val", input_size=pred.input_size,
+                         cat_ids=pred.cat_ids, max_images=2)
+    assert {d["image_id"] for d in dets} <= ids
+    assert two["AP"] == dict(evaluate(first_images(gt, 2), dets))["AP"]
+    assert two["num_detections"] <= whole["num_detections"]
+    if mid:
+        assert all(v["num_detections"] <= whole["num_detections"] for v in mid)
+
+
 def test_resume_gives_the_same_weights(root, tmp_path, tiny_detector):
     from sodlab.engine import load_checkpoint, train
 

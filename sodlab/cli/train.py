@@ -66,6 +66,10 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable; values parsed as JSON)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
+    p.add_argument("--val-images", type=int, default=100, metavar="N",
+                   help="score only the first N validation images at each validation during "
+                   "training, which picks best.pt (default 100; 0: all); the final metrics "
+                   "are always scored on the whole split")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--pixel-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="read decoded images from the pixel cache on disk (default on): each "
@@ -124,6 +128,7 @@ def run(args) -> int:
                   batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, device=args.device, resume=args.resume,
                   progress=not args.no_progress, val_every=args.val_every,
+                  val_images=args.val_images,
                   num_workers=args.workers, precision=args.precision, recipe=recipe,
                   pixel_cache=args.pixel_cache, prefetch=args.prefetch)
     try:

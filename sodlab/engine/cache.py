@@ -46,8 +46,8 @@ def run_key(cfg: dict, tcfg: dict, data_hash: str) -> str:
 
 
 # TrainConfig fields that change how fast a run goes, never what it computes: not in the key.
-UNKEYED = ("val_every", "num_workers", "save_every", "image_cache_mb", "pixel_cache",
-           "prefetch")
+UNKEYED = ("val_every", "val_images", "num_workers", "save_every", "image_cache_mb",
+           "pixel_cache", "prefetch")
 
 
 def train_key(preset: str, data_root: str | os.PathLike, *,

@@ -124,19 +124,21 @@ def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input
                   batch_size: int = 8, score_thresh: float = 0.0, progress: bool = False,
                   cat_ids: Sequence[int] | None = None,
                   timing: dict | None = None,
-                  pyramid: Sequence[int] | None = None) -> list[dict]:
+                  pyramid: Sequence[int] | None = None,
+                  max_images: int | None = None) -> list[dict]:
     """COCO result dicts for every image of a split folder, boxes in original pixels.
 
     ``cat_ids`` maps contiguous labels to category ids (default: the split's own sorted
     category ids). ``timing``, if given, receives ``images`` and ``seconds``. ``pyramid``:
     input sizes of an image pyramid (``detect_pyramid``) instead of ``input_size`` alone.
+    ``max_images``: only the split's first images, in file order (``first_images``).
     """
     ds = DetectionDataset(split_dir)
     ids = list(cat_ids) if cat_ids is not None else ds.cat_ids
     dets: list[dict] = []
     n_done, seconds = 0, 0.0
-    order = range(len(ds))
-    chunks = [list(order[i:i + batch_size]) for i in range(0, len(ds), batch_size)]
+    order = range(len(ds) if not max_images else min(len(ds), int(max_images)))
+    chunks = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, disable=not progress, desc="predict", leave=False):
         images = [ds[i][0] for i in chunk]
         t0 = time.perf_counter()
@@ -151,20 +153,34 @@ def predict_split(model: torch.nn.Module, split_dir: str | os.PathLike, *, input
     return dets
 
 
+def first_images(coco: dict, n: int | None) -> dict:
+    """``coco`` restricted to its first ``n`` images (file order) and their annotations;
+    ``coco`` itself when ``n`` is None or 0."""
+    if not n:
+        return coco
+    images = list(coco["images"])[:int(n)]
+    keep = {int(im["id"]) for im in images}
+    return {**coco, "images": images,
+            "annotations": [a for a in coco["annotations"] if int(a["image_id"]) in keep]}
+
+
 def evaluate_model(model: torch.nn.Module, split_dir: str | os.PathLike, *, input_size: int,
                    batch_size: int = 8, progress: bool = False,
                    cat_ids: Sequence[int] | None = None,
-                   pyramid: Sequence[int] | None = None) -> dict:
+                   pyramid: Sequence[int] | None = None,
+                   max_images: int | None = None) -> dict:
     """Size-wise COCO metrics of ``model`` on a split folder, plus ``images_per_s``.
 
     ``images_per_s`` counts resize + forward + post-processing (not image decoding).
+    ``max_images``: score only the split's first images (a cheap check during training).
     """
     from sodlab.metrics import evaluate
 
     timing: dict = {}
     dets = predict_split(model, split_dir, input_size=input_size, batch_size=batch_size,
-                         progress=progress, cat_ids=cat_ids, timing=timing, pyramid=pyramid)
-    metrics = dict(evaluate(load_coco(split_dir), dets))
+                         progress=progress, cat_ids=cat_ids, timing=timing, pyramid=pyramid,
+                         max_images=max_images)
+    metrics = dict(evaluate(first_images(load_coco(split_dir), max_images), dets))
     metrics["images_per_s"] = timing["images"] / max(timing["seconds"], 1e-9)
     metrics["num_detections"] = len(dets)
     return metrics

@@ -118,6 +118,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     val_every: int = 1
+    val_images: int = 100  # images of val scored by each validation during training (0: all)
     save_every: int = 100
     image_cache_mb: float = 2048.0  # decoded images kept in memory (speed only)
     pixel_cache: bool = True  # decoded images read from the on-disk pixel cache (speed only)
@@ -144,8 +145,10 @@ class TrainConfig:
             raise InputError(f"optimizer {self.optimizer!r}: expected adamw or sgd")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision {self.precision}: expected {', '.join(PRECISIONS)}")
-        if min(self.num_workers, self.val_every, self.save_every, self.image_cache_mb) < 0:
-            raise InputError("num_workers, val_every, save_every and image_cache_mb must be >= 0")
+        if min(self.num_workers, self.val_every, self.save_every, self.image_cache_mb,
+               self.val_images) < 0:
+            raise InputError("num_workers, val_every, save_every, image_cache_mb and val_images "
+                             "must be >= 0")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise InputError(f"--prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not self.recipe:
@@ -462,13 +465,16 @@ def _score(metrics: dict | None) -> float | None:
 
 
 def validate(run: Run) -> dict | None:
-    """Metrics by size on ``val`` (rank 0), kept as the run's best when AP_small improves."""
+    """Metrics by size on ``val``'s first ``tcfg.val_images`` images (rank 0), kept as the
+    run's best when AP_small improves: cheap enough to run during training; the run's final
+    metrics are scored on the whole split (``final_metrics``)."""
     metrics = None
     if run.rank == 0 and run.val_dir is not None:
         from sodlab.engine.predict import evaluate_model
 
         metrics = evaluate_model(run.bare, run.val_dir, input_size=run.input_size,
-                                 batch_size=run.tcfg.batch_size, cat_ids=run.dataset.cat_ids)
+                                 batch_size=run.tcfg.batch_size, cat_ids=run.dataset.cat_ids,
+                                 max_images=run.tcfg.val_images or None)
         run.state.metrics = metrics
         run.val_step = run.state.step
         score = _score(metrics)
@@ -478,6 +484,22 @@ def validate(run: Run) -> dict | None:
     if run.world > 1:
         dist.barrier()
     return metrics
+
+
+def final_metrics(run: Run, checked: dict | None) -> dict | None:
+    """The final model's metrics on the whole validation split: ``checked`` itself when
+    ``validate`` already scored every image, else one more evaluation (rank 0)."""
+    from sodlab.data.coco import load_coco
+
+    if run.rank != 0 or checked is None:
+        return checked
+    n = run.tcfg.val_images
+    if not n or n >= len(load_coco(run.val_dir)["images"]):
+        return checked
+    from sodlab.engine.predict import evaluate_model
+
+    return evaluate_model(run.bare, run.val_dir, input_size=run.input_size,
+                          batch_size=run.tcfg.batch_size, cat_ids=run.dataset.cat_ids)
 
 
 def _epoch_loader(run: Run) -> tuple[torch.utils.data.DataLoader, int]:
@@ -770,7 +792,7 @@ def run_training(run: Run, *, progress: bool, stop_at_step: int | None,
     if stopped is not None:
         run.save(run.out_dir / "last.pt")
         return _summary(run, stopped, run.state.metrics)
-    metrics = validate(run) if run.val_dir is not None else None
+    metrics = final_metrics(run, validate(run)) if run.val_dir is not None else None
     if run.val_dir is None or not (run.out_dir / "best.pt").is_file():
         run.save(run.out_dir / "best.pt")
     run.save(run.out_dir / "last.pt")
