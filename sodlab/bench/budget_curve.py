@@ -81,6 +81,23 @@ def share_lower(records: dict[int, dict], key: str = "AP_small") -> dict[int, fl
     return out
 
 
+def curve_technique(preset: str):
+    """The technique the learning curve trains for ``preset`` (the preset as it is)."""
+    from sodlab.engine.experiment import Technique
+
+    return Technique(preset, preset)
+
+
+def budget_curve_key(preset: str, multiple: int, root: str | os.PathLike, seed: int = 0, *,
+                     quick: bool = False) -> str:
+    """The run key the learning curve trains for ``preset`` at ``multiple`` x the old full
+    budget on ``root`` (nothing trains), e.g. for ``Technique(..., init=...)``."""
+    from sodlab.engine.experiment import plan
+
+    return plan(curve_technique(preset), root, seed=seed,
+                budget=budget_at(multiple, quick=quick))["key"]
+
+
 def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathLike | None = None,
         presets: Sequence[str] = PRESETS, multiples: Sequence[int] = MULTIPLES,
         out: str | os.PathLike | None = None) -> dict:
@@ -95,7 +112,7 @@ def run(*, quick: bool = True, progress: bool = False, data_root: str | os.PathL
     mode = "quick" if quick else "full"
     jobs = []
     for p in presets:  # one preset's curve, then the RoI head on its bases, then the next
-        jobs += [(p, m, Technique(p, p)) for _, m in curve_points([p], multiples)]
+        jobs += [(p, m, curve_technique(p)) for _, m in curve_points([p], multiples)]
         if p in ROI_ON:
             jobs += [(f"{p} + RoI head", m, Technique("RoI head", p, stage_two={"kind": "roi"}))
                      for _, m in curve_points([p], multiples)]
@@ -218,5 +235,6 @@ def plot_curve(curve: dict, *, full_images: int | None = None):
 
 
 __all__ = ["OLD_FULL", "MULTIPLES", "PRESETS", "KEYS", "budget_at", "curve_points",
+           "curve_technique", "budget_curve_key",
            "smallest_sufficient", "share_lower", "run", "assemble_curve", "load_curve", "curve_table",
            "sufficiency_sentences", "plot_curve"]

@@ -74,6 +74,7 @@ class Technique:
     stage_two: Mapping | None = field(default=None, hash=False)  # a stage-two spec
     test: str = "single"                              # one of TESTS
     needs: tuple[str, ...] = ()                       # what the data must have (NEEDS)
+    init: str | None = None                           # run key whose backbone starts it
 
     def __post_init__(self) -> None:
         if not self.name or not self.preset:
@@ -86,6 +87,10 @@ class Technique:
         bad = [n for n in self.needs if n not in NEEDS]
         if bad:
             raise InputError(f"technique {self.name!r}: unknown needs {bad}; known: {NEEDS}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise InputError(f"technique {self.name!r}: init must be a run key, got {self.init!r}")
+        if self.init is not None and self.stage_two is not None:
+            raise InputError(f"technique {self.name!r}: init applies to a single-stage run only")
 
     def recipe_dict(self, input_size: int) -> dict | None:
         return None if self.recipe is None else RECIPES[self.recipe](int(input_size))
@@ -94,7 +99,8 @@ class Technique:
         return {"name": self.name, "preset": self.preset, "overrides": dict(self.overrides),
                 "recipe": self.recipe, "test": self.test,
                 "stage_two": None if self.stage_two is None else
-                json.loads(json.dumps(dict(self.stage_two)))}
+                json.loads(json.dumps(dict(self.stage_two))),
+                **({} if self.init is None else {"init": self.init})}
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,8 @@ def plan(tech: Technique, root: str | os.PathLike, *, seed: int, budget: Mapping
 
     ``key`` is the run key of the model whose predictions are recorded (the second stage's
     for a two-stage technique), from ``sodlab.engine.cache.train_key``, the one function
-    that keys runs; ``kwargs`` are ``cached_train``'s arguments of a single-stage run.
+    that keys runs; ``kwargs`` are ``cached_train``'s arguments of a single-stage run
+    (with ``extra={"init_backbone": tech.init}`` only when the technique sets ``init``).
     """
     from sodlab.detector import make_config, parse_overrides
     from sodlab.engine.cache import train_key
@@ -160,6 +167,8 @@ def plan(tech: Technique, root: str | os.PathLike, *, seed: int, budget: Mapping
                            overrides=over).input_size)
     kw = {"overrides": over, "seed": seed, "max_steps": int(budget["max_steps"]),
           "batch_size": int(budget["batch_size"]), "recipe": tech.recipe_dict(size)}
+    if tech.init is not None:  # keyed only when set: every run without it keeps its key
+        kw["extra"] = {"init_backbone": tech.init}
     key = train_key(tech.preset, root, **kw, **facts)[0]
     if tech.stage_two is None:
         return {"key": key, "kwargs": kw, "base_key": None, "input_size": size}
@@ -182,8 +191,11 @@ def _load(tech: Technique, root: Path, p: dict, *, budget: Mapping, stage_budget
     from sodlab.engine.predict import load_detector
 
     if tech.stage_two is None:
+        from sodlab.engine.checkpoint import backbone_init_builder
+
+        build = None if tech.init is None else backbone_init_builder(tech.init)
         ckpt, summary = cached_train(tech.preset, root, quick=mode.quick, progress=progress,
-                                     **p["kwargs"])
+                                     build_model=build, **p["kwargs"])
         return load_detector(ckpt), summary
     from sodlab.engine.stage_two import cached_stage_two, load_stage_two
 
