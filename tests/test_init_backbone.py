@@ -52,8 +52,8 @@ def _fresh(cfg, seed=0):
 
 
 def test_backbone_comes_from_the_run_and_the_rest_is_a_fresh_model(env):
-    from sodlab.engine.cache import cached_path
-    from sodlab.engine.checkpoint import backbone_init_builder, load_checkpoint
+    from sodlab.engine.cache import backbone_init_builder, cached_path
+    from sodlab.engine.checkpoint import load_checkpoint
 
     key = _train(env)
     trained = load_checkpoint(cached_path(key) / "best.pt")["model"]
@@ -71,7 +71,7 @@ def test_backbone_comes_from_the_run_and_the_rest_is_a_fresh_model(env):
 
 
 def test_a_missing_run_or_another_shape_is_an_input_error(env):
-    from sodlab.engine.checkpoint import init_backbone
+    from sodlab.engine.cache import init_backbone
 
     with pytest.raises(InputError, match="no finished run"):
         init_backbone(_fresh(TinyConfig(preset="tiny")), "0" * 64)
@@ -81,7 +81,7 @@ def test_a_missing_run_or_another_shape_is_an_input_error(env):
 
 
 def test_init_is_keyed_only_when_set_and_trains_from_the_run(env, monkeypatch):
-    import sodlab.engine.checkpoint as checkpoint
+    import sodlab.engine.cache as cache
     from sodlab.engine.cache import train_key
     from sodlab.engine.experiment import MODES, Technique, _facts, _load, plan
 
@@ -97,8 +97,8 @@ def test_init_is_keyed_only_when_set_and_trains_from_the_run(env, monkeypatch):
     q = plan(tech, env, seed=0, budget=TINY)
     assert q["key"] != old and q["kwargs"]["extra"] == {"init_backbone": key}
     calls = []
-    orig = checkpoint.init_backbone
-    monkeypatch.setattr(checkpoint, "init_backbone",
+    orig = cache.init_backbone
+    monkeypatch.setattr(cache, "init_backbone",
                         lambda m, k, **kw: calls.append(k) or orig(m, k, **kw))
     _, summary = _load(tech, env, q, budget=TINY, stage_budget={}, mode=MODES["full"],
                        progress=False)

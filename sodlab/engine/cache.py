@@ -17,8 +17,12 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sodlab.files import repo_root, sha256_json, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 SUMMARY = "summary.json"
 
@@ -168,3 +172,50 @@ def _precision_note(summary: dict, here: str) -> str | None:
         return None
     return (f"this model was trained in {trained} on another machine (this one would train in "
             f"{here}); it is used as it is rather than retrained")
+
+
+BACKBONE_PREFIX = "backbone."
+
+
+def init_backbone(model: torch.nn.Module, key: str, *,
+                  cache_dir: str | os.PathLike | None = None) -> torch.nn.Module:
+    """Copy the ``backbone.*`` weights of the finished run ``key`` (run cache) into ``model``.
+
+    The run's ``best.pt`` must hold exactly the model's backbone entries with the same
+    shapes (the same preset family); an InputError names the missing, unexpected or
+    mismatched keys, and a key with no finished run. Every other tensor is left as it is.
+    Returns ``model``. The stand-in for an ImageNet backbone: see docs/design.md.
+    """
+    from sodlab.engine.checkpoint import load_checkpoint
+    from sodlab.errors import InputError
+
+    run_dir = cached_path(key, cache_dir)
+    if run_dir is None:
+        raise InputError(f"init_backbone: no finished run {key!r} in the run cache "
+                         f"({Path(cache_dir) if cache_dir else cache_root()}); train it first")
+    src = {k: v for k, v in load_checkpoint(run_dir / "best.pt")["model"].items()
+           if k.startswith(BACKBONE_PREFIX)}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
+    if not own or not src:
+        raise InputError(f"init_backbone: {'the model' if not own else f'run {key!r}'} has "
+                         f"no {BACKBONE_PREFIX}* weights")
+    missing, unexpected = sorted(set(own) - set(src)), sorted(set(src) - set(own))
+    bad = [f"{k} {tuple(src[k].shape)} vs {tuple(own[k].shape)}"
+           for k in sorted(set(own) & set(src)) if src[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise InputError(f"init_backbone: run {key!r} does not fit this model's backbone "
+                         f"(another preset family?): missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, shape mismatch {bad[:5]}")
+    model.load_state_dict(src, strict=False)
+    return model
+
+
+def backbone_init_builder(key: str, build=None):
+    """``build_model(cfg)`` for ``train``/``cached_train``: ``build(cfg)`` (the detector by
+    default) with its backbone initialised from run ``key`` (``init_backbone``)."""
+    def build_model(cfg):
+        from sodlab.detector import build_detector
+
+        return init_backbone((build or build_detector)(cfg), key)
+
+    return build_model

@@ -191,7 +191,7 @@ def _load(tech: Technique, root: Path, p: dict, *, budget: Mapping, stage_budget
     from sodlab.engine.predict import load_detector
 
     if tech.stage_two is None:
-        from sodlab.engine.checkpoint import backbone_init_builder
+        from sodlab.engine.cache import backbone_init_builder
 
         build = None if tech.init is None else backbone_init_builder(tech.init)
         ckpt, summary = cached_train(tech.preset, root, quick=mode.quick, progress=progress,
