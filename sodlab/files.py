@@ -35,6 +35,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+@contextlib.contextmanager
+def env_set(name: str, value: str) -> Iterator[None]:
+    """Inside the block the environment variable ``name`` is ``value``; afterwards it is
+    what it was before (unset if it was unset)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     """Write ``obj`` as JSON atomically."""
     with atomic_write(path, "w") as fh:

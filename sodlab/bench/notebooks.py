@@ -15,7 +15,6 @@ A failing notebook is recorded with its error and the next one still runs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -103,7 +102,6 @@ def export_html(executed: Path, out: Path) -> None:
 INLINE = "module://matplotlib_inline.backend_inline"
 
 
-@contextlib.contextmanager
 def inline_figures():
     """Start kernels with matplotlib's inline backend, whatever ``MPLBACKEND`` says.
 
@@ -111,15 +109,9 @@ def inline_figures():
     ``plt.show()`` draws nothing into the notebook, so its executed copy and HTML would
     have no figures. The inline backend turns every figure into a PNG output.
     """
-    old = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = old
+    from sodlab.files import env_set
+
+    return env_set("MPLBACKEND", INLINE)
 
 
 def run_one(path: Path, *, quick: bool, seed: int, reports_dir: Path,

@@ -40,7 +40,6 @@ fair both ways). Full: 300 s each; quick: 20 s each. ``compare_presets`` default
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -287,18 +286,11 @@ DATA_PATH_MODES = {  # name: (pixels from, DataLoader workers, prefetch)
 }
 
 
-@contextlib.contextmanager
 def _pixels_in(folder: str):
     """Inside the block the pixel cache lives in ``folder`` (``SODLAB_PIXELS``)."""
-    before = os.environ.get("SODLAB_PIXELS")
-    os.environ["SODLAB_PIXELS"] = folder
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("SODLAB_PIXELS", None)
-        else:
-            os.environ["SODLAB_PIXELS"] = before
+    from sodlab.files import env_set
+
+    return env_set("SODLAB_PIXELS", folder)
 
 
 def _engine_epoch(model, opt, ds, batches: list[list[int]], *, precision: str, workers: int,
