@@ -274,16 +274,12 @@ def is_cached(tech: Row, root: str | os.PathLike, *, seed: int, quick: bool,
     """
     if tech.preset is None:
         return False  # SSDlite trains in the run, every time
-    from sodlab.engine.cache import cached_path
-    from sodlab.engine.experiment import plan
+    from sodlab.engine.experiment import is_cached_plan, plan
     from sodlab.engine.stage_two import stage_two_budget
 
-    p = plan(tech.technique, root, seed=seed, budget=_budget(tech.preset, quick=quick,
-                                                              budget=budget),
-             stage_budget=dict(stage_budget or stage_two_budget(quick=quick)))
-    if p["base_key"] is not None and cached_path(p["base_key"]) is None:
-        return False
-    return cached_path(p["key"]) is not None
+    return is_cached_plan(plan(tech.technique, root, seed=seed,
+                               budget=_budget(tech.preset, quick=quick, budget=budget),
+                               stage_budget=dict(stage_budget or stage_two_budget(quick=quick))))
 
 
 def missing_models(root: str | os.PathLike, *, quick: bool,

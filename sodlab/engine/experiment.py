@@ -355,6 +355,16 @@ def run_technique(tech: Technique, root: str | os.PathLike, *, seed: int,
     return {**rec, "from_record": False}
 
 
+def is_cached_plan(p: Mapping) -> bool:
+    """Whether the run cache holds the model of a ``plan`` (and a second stage's base):
+    ``run_technique`` would then train nothing."""
+    from sodlab.engine.cache import cached_path
+
+    if p["base_key"] is not None and cached_path(p["base_key"]) is None:
+        return False
+    return cached_path(p["key"]) is not None
+
+
 def has_record(tech: Technique, root: str | os.PathLike, *, seed: int,
                mode: str | Mode = "full", facts: Mapping | None = None) -> bool:
     """Whether ``tech`` at ``seed`` already has a record in ``mode`` (nothing trains)."""
@@ -367,4 +377,4 @@ def has_record(tech: Technique, root: str | os.PathLike, *, seed: int,
 
 
 __all__ = ["TESTS", "NEEDS", "RECIPES", "Technique", "Mode", "MODES", "mode_of", "plan",
-           "predict_fn", "predict_split_with", "evaluation_extras", "run_technique", "has_record"]
+           "predict_fn", "predict_split_with", "evaluation_extras", "run_technique", "is_cached_plan", "has_record"]

@@ -87,8 +87,7 @@ def ready(study: Study, root: str | os.PathLike | None = None, *, mode: str | Mo
     or its model (and a second stage's base) is in the run cache. A notebook passes them to
     ``run_study(..., only=...)`` to hold its own quick models against the full study without
     training the ones it never trained."""
-    from sodlab.engine.cache import cached_path
-    from sodlab.engine.experiment import _facts, plan
+    from sodlab.engine.experiment import _facts, is_cached_plan, plan
 
     m = mode_of(mode)
     r = _root(root, m)
@@ -100,8 +99,7 @@ def ready(study: Study, root: str | os.PathLike | None = None, *, mode: str | Mo
             continue
         p = plan(t, r, seed=seed, budget=m.budget(t.preset), stage_budget=m.stage_budget(),
                  facts=facts)
-        if cached_path(p["key"]) is not None and (
-                p["base_key"] is None or cached_path(p["base_key"]) is not None):
+        if is_cached_plan(p):
             out.append(t.name)
     return out
 
