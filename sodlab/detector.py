@@ -89,7 +89,7 @@ from sodlab.matching import (
 from sodlab.models.backbones import build_backbone
 from sodlab.models.context import LevelCPM
 from sodlab.models.heads import ContextClassifier, Head
-from sodlab.models.necks import build_neck
+from sodlab.models.necks import LFPN, build_neck
 
 
 @dataclass
@@ -136,6 +136,7 @@ class DetectorConfig:
     topk_per_level: int = 1000
     max_dets: int = 100
     lfpn: bool = False  # PyramidBox's low-level FPN replaces the plain neck
+    lfpn_fusion: str = "product"  # how LFPN merges a level with the one above: product or sum
     cpm: bool = False  # a context-sensitive prediction module on every level
     pyramid_anchors: bool = False  # head and body scores trained beside the face's
     max_in_out: bool = False  # finest level 1 face / 3 bg scores, others 3 face / 1 bg
@@ -281,6 +282,9 @@ def _check(cfg: DetectorConfig) -> DetectorConfig:
         raise InputError("max_in_out needs loss=softmax_ohem (a background class to max over)")
     if cfg.lfpn and cfg.neck not in ("plain", "lfpn"):
         raise InputError(f"lfpn replaces the plain neck; got neck={cfg.neck!r}")
+    if cfg.lfpn_fusion not in LFPN.FUSIONS:
+        raise InputError(f"lfpn_fusion must be one of {', '.join(LFPN.FUSIONS)}, "
+                         f"got {cfg.lfpn_fusion!r}")
     if cfg.pyramid_boxes not in ("paper", "real"):
         raise InputError(f"pyramid_boxes must be paper or real, got {cfg.pyramid_boxes!r}")
     if cfg.cpm and cfg.width % 4:
@@ -352,7 +356,8 @@ class Detector(nn.Module):
         self.levels = level_specs(cfg)
         self.backbone = build_backbone(cfg.backbone, max_stride=max(cfg.strides))
         self.neck = build_neck("lfpn" if cfg.lfpn else cfg.neck, self.backbone.channels,
-                               list(cfg.strides), cfg.width, ssh_context=cfg.ssh_context)
+                               list(cfg.strides), cfg.width, ssh_context=cfg.ssh_context,
+                               lfpn_fusion=cfg.lfpn_fusion)
         self.cpm = LevelCPM(cfg.width, list(cfg.strides)) if cfg.cpm else None
         softmax = cfg.loss == "softmax_ohem"
         if cfg.loss not in ("focal", "softmax_ohem"):

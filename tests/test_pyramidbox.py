@@ -338,6 +338,22 @@ def test_lfpn_fusions_against_a_loop():
         LFPN(CH, list(CH), 16, fusion="concat")
 
 
+def test_lfpn_fusion_is_a_detector_option():
+    """``lfpn_fusion`` reaches the neck, is checked, and leaves the product's run key alone."""
+    from sodlab.detector import build_detector, make_config
+    from sodlab.engine.cache import _beside_defaults
+    from sodlab.errors import InputError
+
+    def cfg(**over):
+        return make_config("s3fd", num_classes=1, overrides={"lfpn": True, **over})
+
+    assert build_detector(cfg(lfpn_fusion="sum")).neck.fusion == "sum"
+    assert build_detector(cfg()).neck.fusion == "product"
+    assert "lfpn_fusion" not in _beside_defaults(make_config("pyramidbox", num_classes=1))
+    with pytest.raises(InputError, match="lfpn_fusion"):
+        cfg(lfpn_fusion="max")
+
+
 # -------------------------------------------------------------------------------------- CPM
 
 def test_cpm_shapes_and_receptive_field():

@@ -208,7 +208,7 @@ OURS: dict[str, Ours] = {
         ("median face side after the training resize, px: ResizeLongest / "
          "data-anchor-sampling", _extras("das_face_side_median_px",
                                          ("ResizeLongest", "data-anchor-sampling"))))),
-    "ours_pyramidbox_neck": Ours("pyramidbox", only=r"^\+ LFPN$", facts=(
+    "ours_pyramidbox_neck": Ours("pyramidbox", only=r"^\+ LFPN( \(sum\))?$", facts=(
         _pb_seed_fact("no neck (`s3fd`)", "s3fd"),
         _pb_seed_fact("LFPN merging by product, the paper's (`+ LFPN`)", "+ LFPN"),
         ("AP_tiny, mean of the seeds, no neck / LFPN", _means(("s3fd", "+ LFPN"), "AP_tiny")),

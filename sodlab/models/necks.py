@@ -186,7 +186,8 @@ class SSH(nn.Module):
 
 
 def build_neck(name: str, channels: dict[int, int], strides: list[int], width: int, *,
-               lfpn_start: int | None = None, ssh_context: bool = True) -> nn.Module:
+               lfpn_start: int | None = None, ssh_context: bool = True,
+               lfpn_fusion: str = "product") -> nn.Module:
     if name == "none":
         if len(strides) != 1:
             raise ValueError(f"neck 'none' takes one stride, got {strides}")
@@ -206,5 +207,5 @@ def build_neck(name: str, channels: dict[int, int], strides: list[int], width: i
         missing = [s for s in strides if s not in channels]
         if missing:
             raise ValueError(f"the backbone has no map at strides {missing}")
-        return LFPN(channels, strides, width, start=lfpn_start)
+        return LFPN(channels, strides, width, start=lfpn_start, fusion=lfpn_fusion)
     raise ValueError(f"unknown neck {name!r}; choose none, plain, fpn, fpn_dw, ssh or lfpn")
