@@ -152,3 +152,37 @@ def test_a_tiny_study_run_twice_and_without_its_cache_gives_the_same_tables(
             assert x.equals(y)
     verdicts = {c["verdict"] for c in first["comparisons"]}
     assert verdicts <= {"up", "down", "no clear difference"} and len(first["comparisons"]) == 2
+
+
+def test_study_show_compares_what_the_records_allow_and_trains_nothing(
+        quick_dataset, tmp_path, monkeypatch, capsys):
+    import sodlab.bench.studies as studies
+    import sodlab.engine.budgets as budgets
+    import sodlab.engine.cache as cache
+    from sodlab.cli import main
+    from sodlab.engine.experiment import Technique, run_technique
+    from sodlab.engine.study import Study
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SODLAB_RECORDS", str(tmp_path / "records"))
+    monkeypatch.setattr(budgets, "standard_budget",
+                        lambda preset, quick=False: {**TINY, "overrides": {}})
+    techs = tuple(Technique(n, "fpn", overrides=(("input_size", s),))
+                  for n, s in (("a", 128), ("b", 96), ("c", 64)))
+    st = Study("tiny", "none", techs, (("a", "b"), ("a", "c")), metrics=("AP",))
+    monkeypatch.setitem(studies.STUDIES, "tiny", st)
+    run_technique(techs[0], quick_dataset, seed=0, mode="quick")
+    trained = []
+    orig = cache.cached_train
+    monkeypatch.setattr(cache, "cached_train", lambda *a, **k: trained.append(a) or orig(*a, **k))
+    args = ["study", "show", "tiny", "--quick", "--data", str(quick_dataset)]
+    assert main(args) == 1  # one technique recorded: nothing to compare
+    assert "nothing to compare" in capsys.readouterr().out
+    monkeypatch.setattr(cache, "cached_train", orig)
+    run_technique(techs[1], quick_dataset, seed=0, mode="quick")
+    monkeypatch.setattr(cache, "cached_train", lambda *a, **k: trained.append(a) or orig(*a, **k))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no record: c, seed 0" in out and "partial: a, b (every seed recorded)" in out
+    assert "b vs a" in out and "c vs a" not in out
+    assert trained == []

@@ -19,6 +19,7 @@ from sodlab.errors import InputError
 # (row label, where in a record, +1: higher is better / -1: lower is better)
 METRIC_ROWS = (
     ("AP_small", "metrics.AP_small", +1),
+    ("AP_tiny", "metrics.AP_tiny", +1),
     ("AP at IoU 0.5, all sizes", "metrics.AP50", +1),
     ("AP at IoU 0.75, all sizes", "metrics.AP75", +1),
     ("recall at IoU 0.5, small", "metrics.R50_small", +1),

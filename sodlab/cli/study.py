@@ -5,7 +5,9 @@ NAME [--full] [--data ROOT] [--only TECH,...]`` gets a record for every techniqu
 (training only what has none; a full-mode record lands in ``results/runs/`` as each model
 finishes) and prints both tables; in full mode on the embedded data it also writes
 ``results/studies/NAME.json`` (committed; notebooks show it). ``sodlab study show NAME
---full`` prints them from the records alone and fails if any is missing. ``--json OUT``
+--full`` prints them from the records alone (nothing trains): with runs still missing it lists
+them and compares the techniques whose every seed has a record, and fails only when fewer than
+two have. ``--json OUT``
 writes the study's result there instead.
 """
 
@@ -25,7 +27,8 @@ def register(sub) -> None:
         "resamples of the validation images (the paired verdict rule).")
     p.add_argument("action", choices=("list", "missing", "run", "show"),
                    help="list: the studies; missing: what has no record; run: record what is "
-                   "missing and compare; show: compare from records only")
+                   "missing and compare; show: compare from records only (while runs are "
+                   "missing, the techniques with every seed recorded)")
     p.add_argument("name", nargs="?", default=None, help="the study (see 'sodlab study list')")
     add_mode_arguments(p, quick_help="one seed on the quick dataset: numbers, no verdicts "
                        "(default)", full_help="three seeds on the full dataset: verdicts")
@@ -64,22 +67,41 @@ def run(args: argparse.Namespace) -> int:
                 print(f"no record: {name}, seed {seed}")
             print(f"{len(todo)} of {len(st.techniques) * (1 if args.quick else 3)} runs have "
                   "no record")
-            return 0 if args.action == "missing" else 1
+        if args.action == "missing":
+            return 0
+        if todo:  # show what the records allow: the techniques with every seed recorded
+            gaps = {name for name, _ in todo}
+            complete = [t.name for t in st.techniques if t.name not in gaps]
+            if args.only:
+                complete = [n for n in complete if n in _only(st, args)]
+            if len(complete) < 2:
+                print("fewer than two techniques have every seed recorded: nothing to compare")
+                return 1
+            print(f"partial: {', '.join(complete)} (every seed recorded); the study file is "
+                  f"written by 'sodlab study run {st.name}' once every run has a record\n")
+            args.only = ",".join(complete)
     return _run(st, args, mode)
 
 
-def _run(st, args: argparse.Namespace, mode: str) -> int:
-    import pandas as pd
-
-    from sodlab.engine.study import run_study, tables
+def _only(st, args: argparse.Namespace) -> list[str] | None:
+    """The ``--only`` names (checked against the study), or None."""
     from sodlab.errors import InputError
-    from sodlab.files import write_json
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     if only:
         unknown = [n for n in only if n not in {t.name for t in st.techniques}]
         if unknown:
             raise InputError(f"study {st.name!r} has no technique(s) {unknown}")
+    return only
+
+
+def _run(st, args: argparse.Namespace, mode: str) -> int:
+    import pandas as pd
+
+    from sodlab.engine.study import run_study, tables
+    from sodlab.files import write_json
+
+    only = _only(st, args)
     budget = None
     if args.multiple is not None:
         from sodlab.bench.budget_curve import budget_at
