@@ -254,7 +254,7 @@ def match_anchors_batch(anchors: torch.Tensor, boxes: list[torch.Tensor],
         raise ValueError(f"unknown similarity {kind!r}; valid: {', '.join(SIMILARITIES)}")
     B, A = len(boxes), len(anchors)
     out = torch.full((B, A), NEGATIVE, dtype=torch.int64, device=anchors.device)
-    if B == 0:
+    if B == 0 or A == 0:  # no image, or no anchor (a second stage's empty set of RoIs)
         return out
     boxes = [b.to(anchors.device).reshape(-1, 4) for b in boxes]
     flags = [torch.zeros(len(b), dtype=torch.bool, device=anchors.device)

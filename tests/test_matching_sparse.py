@@ -168,6 +168,21 @@ def test_a_batch_without_a_single_pair(monkeypatch):
         assert torch.equal(got, want), opts
 
 
+def test_no_anchor_at_all_gives_an_empty_match_with_crowds_and_every_measure():
+    """A second stage matches its RoIs as anchors; a batch can hold none of a kind (no large
+    RoI for the Perceptual GAN's perception branch) while the image has crowd boxes."""
+    from sodlab.matching import match_anchors
+
+    none = torch.zeros(0, 4)
+    boxes = [torch.tensor([[5.0, 5, 20, 20], [30, 30, 60, 60]]), torch.zeros(0, 4)]
+    crowd = [torch.tensor([False, True]), None]
+    for kind in ("iou", "nwd", "dotd"):
+        for opts in OPTIONS:
+            out = match_anchors_batch(none, boxes, crowd, **{**opts, "kind": kind})
+            assert out.shape == (2, 0) and out.dtype == torch.int64, (kind, opts)
+        assert match_anchors(none, boxes[0], crowd[0], kind=kind).shape == (0,)
+
+
 # ------------------------------------------------------------------ the quick dataset
 def _real_batches(root, preset: str, count: int = 3):
     """``count`` batches of 8 training images at the preset's input size, with its anchors
