@@ -58,8 +58,10 @@ def test_sentence_names_the_error_that_moved_and_the_flat_recall(committed):
     text = explain_gain(gain_anatomy("fpn", "sliced inference", result=result))
     assert "AP_small +0.080" in text
     assert "recall of small faces at IoU 0.5 +0.005, so little of it is faces found" in text
-    assert "lost to localisation errors changed most: 0.060 less with sliced inference" in text
-    assert "AP at IoU 0.75 moved +0.080 against +0.010 at IoU 0.5" in text
+    assert "AP at IoU 0.75 moved +0.080 against +0.010 at IoU 0.5: the boxes fit more tightly" \
+        in text
+    assert "TIDE's largest change is in the AP_small lost to localisation errors, 0.060 less " \
+        "with sliced inference" in text
 
 
 def test_recall_that_moves_is_named_as_part_of_the_gain(committed):
@@ -81,3 +83,13 @@ def test_no_common_seed_or_no_study_gives_none(committed, tmp_path):
     assert explain_gain(None) == "No committed study holds both techniques yet."
     with pytest.raises(InputError, match="no technique"):
         study_records(result, "fpn + NWD")
+
+
+def test_a_gain_at_iou_half_is_not_called_a_tighter_fit(committed):
+    result, _ = committed
+    for seed, rec in study_records(result, "sliced inference").items():
+        rec["metrics"].update(AP50=0.99, AP75=0.62)  # AP50 +0.09, AP75 +0.02
+        write_record(rec)
+    text = explain_gain(gain_anatomy("fpn", "sliced inference", result=result))
+    assert "AP at IoU 0.75 moved +0.020 against +0.090 at IoU 0.5." in text
+    assert "tightly" not in text
