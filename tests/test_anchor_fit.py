@@ -245,3 +245,18 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("sodlab: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_fitted_overrides_train(quick_dataset, tmp_path, monkeypatch):
+    """What `sodlab anchors fit` prints on the embedded data is a config that trains."""
+    from sodlab.engine.cache import cached_train
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    rep = fit_preset("fpn", load_training_boxes(quick_dataset / "train"), seed=0,
+                     base_overrides=["input_size=128"])
+    assert any(o.startswith("anchor_sizes=") for o in rep["overrides"])
+    ckpt, summary = cached_train("fpn", quick_dataset, overrides=rep["overrides"], max_steps=2,
+                                 batch_size=2)
+    assert ckpt.is_file() and math.isfinite(summary["final_loss"])
+    assert summary["config"]["anchor_sizes"] == make_config(
+        "fpn", num_classes=1, overrides=rep["overrides"]).anchor_sizes
