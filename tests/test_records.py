@@ -185,4 +185,17 @@ def test_study_show_compares_what_the_records_allow_and_trains_nothing(
     out = capsys.readouterr().out
     assert "no record: c, seed 0" in out and "partial: a, b (every seed recorded)" in out
     assert "b vs a" in out and "c vs a" not in out
+    assert main(["study", "missing", "tiny", "--quick", "--seeds", "0,1", "--data",
+                 str(quick_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "no record: a, seed 1" in out and "no record: a, seed 0" not in out
+    assert "4 of 6 runs have no record" in out
     assert trained == []
+
+
+@pytest.mark.parametrize("text", ["a", "0,0", "-1", ""])
+def test_study_seeds_option_refuses_bad_lists(text, capsys):
+    from sodlab.cli import main
+
+    assert main(["study", "missing", "fpn", "--seeds", text]) == 2
+    assert "--seeds" in capsys.readouterr().err

@@ -1,14 +1,15 @@
 """`sodlab study`: list the declared studies, say what has no record yet, run one, show one.
 
 Layer L4. ``sodlab study list``; ``sodlab study missing NAME [--full]``; ``sodlab study run
-NAME [--full] [--data ROOT] [--only TECH,...]`` gets a record for every technique and seed
-(training only what has none; a full-mode record lands in ``results/runs/`` as each model
-finishes) and prints both tables; in full mode on the embedded data it also writes
+NAME [--full] [--data ROOT] [--only TECH,...] [--seeds S,...] [--multiple M]`` gets a record
+for every technique and seed (training only what has none; a full-mode record lands in
+``results/runs/`` as each model finishes) and prints both tables; in full mode on the
+embedded data, with every technique and the mode's seeds, it also writes
 ``results/studies/NAME.json`` (committed; notebooks show it). ``sodlab study show NAME
 --full`` prints them from the records alone (nothing trains): with runs still missing it lists
 them and compares the techniques whose every seed has a record, and fails only when fewer than
-two have. ``--json OUT``
-writes the study's result there instead.
+two have. ``missing`` and ``show`` look at the mode's budget. ``--json OUT`` writes the
+study's result there instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def register(sub) -> None:
                    help="train at M times the earlier full budget (400 steps x 8 images) "
                    "instead of the mode's; the result is kept as results/studies/"
                    "NAME-<images seen>.json, beside the full budget's")
+    p.add_argument("--seeds", default=None, metavar="S,...",
+                   help="these seeds instead of the mode's (quick: 0; full: 0,1,2); one seed "
+                   "gives numbers and paired intervals but no verdict, and the study file is "
+                   "not written")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.set_defaults(func=run)
@@ -59,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     st = study(args.name)
     mode = "quick" if args.quick else "full"
     if args.action in ("missing", "show"):
+        from sodlab.engine.experiment import mode_of
         from sodlab.engine.study import missing
 
-        todo = missing(st, args.data, mode=mode)
+        seeds = _seeds(args.seeds) or mode_of(mode).seeds
+        todo = missing(st, args.data, mode=mode, seeds=seeds)
         if args.action == "missing" or todo:
             for name, seed in todo:
                 print(f"no record: {name}, seed {seed}")
-            print(f"{len(todo)} of {len(st.techniques) * (1 if args.quick else 3)} runs have "
-                  "no record")
+            print(f"{len(todo)} of {len(st.techniques) * len(seeds)} runs have no record")
         if args.action == "missing":
             return 0
         if todo:  # show what the records allow: the techniques with every seed recorded
@@ -81,6 +87,21 @@ def run(args: argparse.Namespace) -> int:
                   f"written by 'sodlab study run {st.name}' once every run has a record\n")
             args.only = ",".join(complete)
     return _run(st, args, mode)
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    """``--seeds 0,1`` as a tuple of distinct non-negative integers (None: the mode's)."""
+    from sodlab.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise InputError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds takes distinct integers >= 0, got {text!r}")
+    return seeds
 
 
 def _only(st, args: argparse.Namespace) -> list[str] | None:
@@ -107,8 +128,9 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
         from sodlab.bench.budget_curve import budget_at
 
         budget = budget_at(args.multiple, quick=args.quick)
+    seeds = _seeds(args.seeds)
     result = run_study(st, args.data, mode=mode, progress=args.progress, only=only,
-                       budget=budget, log=lambda line: print(line, flush=True))
+                       budget=budget, seeds=seeds, log=lambda line: print(line, flush=True))
     techs, comps = tables(result)
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.max_rows", 500, "display.float_format", "{:.3f}".format):
@@ -117,7 +139,7 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
         print(comps.to_string(index=False) if len(comps) else "no comparison has both sides")
     if args.json:
         write_json(args.json, result)
-    elif mode == "full" and not only and args.data is None:
+    elif mode == "full" and not only and args.data is None and seeds is None:
         from sodlab.bench.study_view import save_study
 
         images = None if budget is None else budget["max_steps"] * budget["batch_size"]
