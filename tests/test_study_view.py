@@ -128,3 +128,16 @@ def test_show_earlier_shows_the_rule_both_budgets_and_returns_the_extras(tmp_pat
     show_earlier("fpn")
     out = capsys.readouterr().out
     assert "at the earlier and at the full budget" in out and "changed with the budget" in out
+
+
+def test_images_seen_name_a_second_stage_and_its_base():
+    from sodlab.bench.study_view import seen_label, seen_labels
+
+    one = {"images_seen": 25600}
+    two = {"images_seen": 1600, "base_images_seen": 25600}
+    assert seen_label(one) == "25,600"
+    assert seen_label(two) == "25,600 base + 1,600 second-stage"
+    assert seen_label({"images_seen": None}) == "not recorded"
+    res = {"techniques": {"fpn": one, "RoI head": two, "relation": dict(two)}}
+    assert seen_labels(res) == "25,600 / 25,600 base + 1,600 second-stage"
+    assert seen_labels(res, ["RoI head"]) == "25,600 base + 1,600 second-stage"

@@ -93,7 +93,7 @@ def render_curve() -> str:
 
 def render_studies() -> str:
     from sodlab.bench.studies import STUDIES
-    from sodlab.bench.study_view import load_study
+    from sodlab.bench.study_view import load_study, seen_labels
 
     lines = []
     for name, st in STUDIES.items():
@@ -102,10 +102,9 @@ def render_studies() -> str:
             lines.append(f"- `{st.notebook}`: not yet run at the full budget "
                          f"(`sodlab study run {name} --full`).")
             continue
-        seen = sorted({t["images_seen"] for t in res["techniques"].values()})
         parts = [f"{c['b']} vs {c['a']} {_fmt(c['mean'])} ({c['verdict']})"
                  for c in res["comparisons"] if c["metric"] == "AP_small"]
-        lines.append(f"- `{st.notebook}` ({', '.join(f'{s:,}' for s in seen)} images seen, "
+        lines.append(f"- `{st.notebook}` ({seen_labels(res)} images seen, "
                      f"AP_small, B − A): " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
@@ -248,11 +247,13 @@ def _shown(spec: Ours, b: str) -> bool:
 
 def _study_lines(res: dict, spec: Ours) -> list[str]:
     """A full-budget study's comparisons on ``spec.metric`` as a table, then the means."""
+    from sodlab.bench.study_view import seen_labels
+
     m = spec.metric
     comps = [c for c in res["comparisons"] if c["metric"] == m and _shown(spec, c["b"])]
     names = [n for n in res["techniques"] if any(n in (c["a"], c["b"]) for c in comps)]
     techs = [res["techniques"][n] for n in names]
-    seen = " / ".join(f"{s:,}" for s in sorted({t["images_seen"] for t in techs}))
+    seen = seen_labels(res, names)
     seeds = " / ".join(str(s) for s in sorted({len(t["seeds"]) for t in techs}))
     mode = "full budget" if res.get("mode") == "full" else f"{res.get('mode')} mode"
     if not comps:

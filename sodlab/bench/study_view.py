@@ -149,6 +149,22 @@ def agreement(quick_diff: float | None, full_verdict: str) -> str:
     return AGREES if (quick_diff > 0) == (full_verdict == UP) and quick_diff != 0 else OPPOSITE
 
 
+def seen_label(technique: Mapping) -> str:
+    """A technique row's images seen: ``25,600``, or ``25,600 base + 1,600 second-stage``."""
+    seen, base = technique.get("images_seen"), technique.get("base_images_seen")
+    if seen is None:
+        return "not recorded"
+    return f"{base:,} base + {seen:,} second-stage" if base else f"{seen:,}"
+
+
+def seen_labels(result: Mapping, names=None) -> str:
+    """The distinct ``seen_label``s of a study's techniques (``names``: only these), joined."""
+    techs = [t for n, t in result["techniques"].items() if names is None or n in names]
+    labels = sorted({seen_label(t) for t in techs if t.get("images_seen")},
+                    key=lambda x: (len(x), x))
+    return " / ".join(labels) or "not recorded"
+
+
 def _images_seen(result: Mapping, name: str) -> int | None:
     t = result["techniques"].get(name) or {}
     return t.get("images_seen")
@@ -256,11 +272,9 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
         if quick is not None:
             _show_quick(name, quick, None, metrics[0])
         return None
-    seen = sorted({t["images_seen"] for t in res["techniques"].values()
-                   if t.get("images_seen")})
     seeds = sorted({len(t["seeds"]) for t in res["techniques"].values()})
     print(f"study {name}: {res['mode']} mode, {'/'.join(map(str, seeds))} seeds, "
-          f"{', '.join(f'{s:,}' for s in seen)} images seen per model")
+          f"{seen_labels(res)} images seen per model")
     with pd.option_context("display.max_rows", 500, "display.float_format", "{:.3f}".format):
         display(study_techniques(res))
         display(study_comparisons(res, metrics=metrics))

@@ -159,6 +159,9 @@ def _technique_row(study: Study, by_seed: dict[int, dict]) -> dict:
            "keys": {s: by_seed[s]["key"] for s in seeds},
            "images_seen": by_seed[seeds[0]]["budget"]["images_seen"] if seeds else None,
            "mean": {}, "interval": {}}
+    base = by_seed[seeds[0]].get("base_budget") if seeds else None
+    if base:  # a second stage: its budget above, the frozen base's here
+        row["base_images_seen"] = int(base["max_steps"]) * int(base["batch_size"])
     for k in study.metrics:
         vals = [v for v in (row["seeds"][s][k] for s in seeds) if v is not None and v > -1]
         row["mean"][k] = float(np.mean(vals)) if vals else None
