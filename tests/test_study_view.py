@@ -141,3 +141,12 @@ def test_images_seen_name_a_second_stage_and_its_base():
     res = {"techniques": {"fpn": one, "RoI head": two, "relation": dict(two)}}
     assert seen_labels(res) == "25,600 / 25,600 base + 1,600 second-stage"
     assert seen_labels(res, ["RoI head"]) == "25,600 base + 1,600 second-stage"
+
+
+def test_a_second_stage_note_counts_the_base_models_images():
+    quick, full = _quick(-0.2, images=1200), _result(0.3)
+    quick["techniques"]["fpn"]["base_images_seen"] = 2000
+    full["techniques"]["fpn"].update(images_seen=1600, base_images_seen=25600)
+    _, notes = quick_against_full(quick, full)
+    assert "each quick base model saw 2,000 images against 25,600 in the full run " \
+           "(12.8× fewer)" in notes[0]

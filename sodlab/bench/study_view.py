@@ -166,8 +166,9 @@ def seen_labels(result: Mapping, names=None) -> str:
 
 
 def _images_seen(result: Mapping, name: str) -> int | None:
+    """The images a technique's model saw: its base's for a second stage (the larger part)."""
     t = result["techniques"].get(name) or {}
-    return t.get("images_seen")
+    return t.get("base_images_seen") or t.get("images_seen")
 
 
 def _disagreement_note(c: Mapping, f: Mapping, quick: Mapping, full: Mapping, state: str) -> str:
@@ -188,8 +189,10 @@ def _disagreement_note(c: Mapping, f: Mapping, quick: Mapping, full: Mapping, st
         why.append(f"the quick difference's own 95 % interval ({iv[0]:+.3f} to {iv[1]:+.3f}) "
                    f"contains zero")
     if qi and fi and fi > qi:
-        why.append(f"each quick model saw {qi:,} images against {fi:,} in the full run "
-                   f"({fi / qi:.0f}× fewer)")
+        tf = full["techniques"].get(b) or {}
+        what = "base model" if tf.get("base_images_seen") else "model"
+        why.append(f"each quick {what} saw {qi:,} images against {fi:,} in the full run "
+                   f"({fi / qi:.3g}× fewer)")
     why.append("quick mode trains one seed on the small quick set")
     return f"{head} Why: {'; '.join(why)}. Trust the full run."
 
