@@ -77,6 +77,27 @@ def test_an_ours_section_shows_the_full_study_once_it_exists(tmp_path, monkeypat
     assert "no comparison on AP_small" in readme.render_ours(readme.Ours("fpn", only="^x"))
 
 
+def test_a_partial_study_is_shown_as_partial_beside_the_earlier_budget(tmp_path, monkeypatch):
+    from sodlab.bench.study_view import save_study
+
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    _earlier_study_only(tmp_path, "fpn")
+    tech = {"seeds": {"0": {}, "1": {}, "2": {}}, "images_seen": 1234,
+            "mean": {"AP_small": 0.25}}
+    comp = {"a": "baseline", "b": "image pyramid", "metric": "AP_small", "mean": 0.05,
+            "interval": [0.02, 0.08], "verdict": "up"}
+    path = save_study({"study": "fpn", "notebook": "03_fpn", "mode": "full",
+                       "techniques": {"baseline": tech, "image pyramid": tech},
+                       "comparisons": [comp], "missing": [["fpn", 0], ["fpn", 1]]})
+    assert path.name == "fpn.partial.json"
+    text = readme.render_ours(readme.Ours("fpn"))
+    assert "`results/studies/fpn.partial.json`; partial: 2 techniques" in text
+    assert "still to run: fpn (2 runs, sodlab study run fpn --full)" in text
+    assert "| image pyramid vs baseline | +0.050 | +0.020 to +0.080 | up |" in text
+    assert "older unpaired rule" in text  # the earlier budget's comparisons follow
+    assert "(partial, 2 runs to go; 1,234 images seen" in readme.render_studies()
+
+
 def test_benchmarks_and_facts_no_file_holds_are_not_committed(tmp_path, monkeypatch):
     monkeypatch.setattr(readme, "_results", lambda: tmp_path)
     monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))

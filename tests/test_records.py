@@ -138,7 +138,12 @@ def test_a_tiny_study_run_twice_and_without_its_cache_gives_the_same_tables(
     st = Study("tiny", "none", (Technique("a", "fpn", overrides=(("input_size", 128),)),
                                 Technique("b", "fpn", overrides=(("input_size", 96),))),
                (("a", "b"),), metrics=("AP", "AP50"))
-    first = run_study(st, quick_dataset, mode="full", seeds=(0, 1), budget=TINY)
+    kept = []
+    first = run_study(st, quick_dataset, mode="full", seeds=(0, 1), budget=TINY,
+                      on_technique=kept.append)
+    assert [sorted(k["techniques"]) for k in kept] == [["a"], ["a", "b"]]
+    assert kept[0]["missing"] == [["b", 0], ["b", 1]] and kept[0]["comparisons"] == []
+    assert kept[1]["missing"] == [] and kept[1]["comparisons"] == first["comparisons"]
     trained = []
     orig = cache.cached_train
     monkeypatch.setattr(cache, "cached_train", lambda *a, **k: trained.append(a) or orig(*a, **k))
@@ -199,3 +204,33 @@ def test_study_seeds_option_refuses_bad_lists(text, capsys):
 
     assert main(["study", "missing", "fpn", "--seeds", text]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_study_show_keeps_a_partial_full_study(quick_dataset, tmp_path, monkeypatch, capsys):
+    import sodlab.bench.studies as studies
+    import sodlab.data
+    import sodlab.engine.budgets as budgets
+    from sodlab.bench.study_view import load_study
+    from sodlab.cli import main
+    from sodlab.engine.experiment import Technique, run_technique
+    from sodlab.engine.study import Study
+
+    monkeypatch.setenv("SODLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SODLAB_RECORDS", str(tmp_path / "records"))
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path / "studies"))
+    monkeypatch.setattr(budgets, "standard_budget",
+                        lambda preset, quick=False: {**TINY, "overrides": {}})
+    monkeypatch.setattr(sodlab.data, "ensure_dataset", lambda *a, **k: quick_dataset)
+    techs = tuple(Technique(n, "fpn", overrides=(("input_size", s),))
+                  for n, s in (("a", 128), ("b", 96), ("c", 64)))
+    monkeypatch.setitem(studies.STUDIES, "tiny", Study("tiny", "none", techs,
+                                                       (("a", "b"), ("a", "c"))))
+    for t in techs[:2]:
+        for seed in (0, 1, 2):
+            run_technique(t, quick_dataset, seed=seed, mode="full")
+    assert main(["study", "show", "tiny", "--full"]) == 0
+    assert "tiny.partial.json" in capsys.readouterr().out
+    kept = load_study("tiny", partial=True)
+    assert kept["missing"] == [["c", 0], ["c", 1], ["c", 2]]
+    assert {(c["a"], c["b"]) for c in kept["comparisons"]} == {("a", "b")}
+    assert load_study("tiny") is None

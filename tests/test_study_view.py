@@ -150,3 +150,24 @@ def test_a_second_stage_note_counts_the_base_models_images():
     _, notes = quick_against_full(quick, full)
     assert "each quick base model saw 2,000 images against 25,600 in the full run " \
            "(12.8× fewer)" in notes[0]
+
+
+def test_a_partial_study_is_kept_beside_and_replaced_by_the_complete_one(
+        tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from sodlab.errors import InputError
+
+    monkeypatch.setenv("SODLAB_STUDIES", str(tmp_path))
+    partial = {**_result(0.3), "missing": [["fpn", 2]]}
+    assert save_study(partial) == tmp_path / "fpn.partial.json"
+    assert load_study("fpn") is None and load_study("fpn", partial=True)["missing"]
+    shown = show_study("fpn", metrics=("AP_small",))
+    out = capsys.readouterr().out
+    assert shown["missing"] and "partial: 2 techniques have every seed recorded" in out
+    assert "still to run: fpn (1 runs" in out
+    with pytest.raises(InputError, match="full budget only"):
+        save_study(partial, images=51200)
+    save_study(_result(0.3))
+    assert not (tmp_path / "fpn.partial.json").exists()
+    assert "missing" not in load_study("fpn", partial=True)

@@ -97,14 +97,15 @@ def render_studies() -> str:
 
     lines = []
     for name, st in STUDIES.items():
-        res = load_study(name)
+        res = load_study(name, partial=True)
         if res is None:
             lines.append(f"- `{st.notebook}`: not yet run at the full budget "
                          f"(`sodlab study run {name} --full`).")
             continue
         parts = [f"{c['b']} vs {c['a']} {_fmt(c['mean'])} ({c['verdict']})"
                  for c in res["comparisons"] if c["metric"] == "AP_small"]
-        lines.append(f"- `{st.notebook}` ({seen_labels(res)} images seen, "
+        left = f"partial, {len(res['missing'])} runs to go; " if res.get("missing") else ""
+        lines.append(f"- `{st.notebook}` ({left}{seen_labels(res)} images seen, "
                      f"AP_small, B − A): " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
@@ -246,8 +247,9 @@ def _shown(spec: Ours, b: str) -> bool:
 
 
 def _study_lines(res: dict, spec: Ours) -> list[str]:
-    """A full-budget study's comparisons on ``spec.metric`` as a table, then the means."""
-    from sodlab.bench.study_view import seen_labels
+    """A full-budget study's comparisons on ``spec.metric`` as a table, then the means (a
+    partial study says so and what it still lacks)."""
+    from sodlab.bench.study_view import partial_line, seen_labels
 
     m = spec.metric
     comps = [c for c in res["comparisons"] if c["metric"] == m and _shown(spec, c["b"])]
@@ -256,11 +258,12 @@ def _study_lines(res: dict, spec: Ours) -> list[str]:
     seen = seen_labels(res, names)
     seeds = " / ".join(str(s) for s in sorted({len(t["seeds"]) for t in techs}))
     mode = "full budget" if res.get("mode") == "full" else f"{res.get('mode')} mode"
+    file = f"`results/studies/{res['study']}.json`"
+    if res.get("missing"):
+        file = f"`results/studies/{res['study']}.partial.json`; {partial_line(res)}"
     if not comps:
-        return [f"Ours, {mode} (`results/studies/{res['study']}.json`): no comparison on {m} "
-                f"recorded yet."]
-    lines = [f"Ours, {mode} ({seen} images seen, {seeds} seeds, paired rule), "
-             f"`results/studies/{res['study']}.json`:", "",
+        return [f"Ours, {mode} ({file}): no comparison on {m} recorded yet."]
+    lines = [f"Ours, {mode} ({seen} images seen, {seeds} seeds, paired rule), {file}:", "",
              f"| B vs A | mean B − A, {m} | paired 95 % interval | verdict |", "|---|---|---|---|"]
     for c in comps:
         iv = c.get("interval")
@@ -348,8 +351,10 @@ def render_ours(spec: Ours) -> str:
     from sodlab.bench.study_view import load_study
 
     file, earlier = _earlier(spec.study)
-    res = load_study(spec.study)
-    if res is not None:
+    res = load_study(spec.study, partial=True)
+    if res is not None and res.get("missing"):
+        lines = [*_study_lines(res, spec), "", *_earlier_lines(spec, file, earlier)]
+    elif res is not None:
         lines = _study_lines(res, spec)
     else:
         lines = [f"Ours: not yet run at the full budget (`sodlab study run {spec.study} "

@@ -34,7 +34,9 @@ def studies_dir() -> Path:
     return Path(env) if env else repo_root() / "results" / "studies"
 
 
-def _study_path(name: str, images: int | None) -> Path:
+def _study_path(name: str, images: int | None, partial: bool = False) -> Path:
+    if partial:
+        return studies_dir() / f"{name}.partial.json"
     return studies_dir() / (f"{name}.json" if images is None else f"{name}-{images}.json")
 
 
@@ -43,19 +45,30 @@ def save_study(result: Mapping, path: str | os.PathLike | None = None, *,
     """Write a study's result (``run_study``'s dict) as JSON; return the path.
 
     ``images``: the images seen of a budget other than the full one (the learning curve's
-    multiples), kept as ``NAME-<images>.json`` beside ``NAME.json``.
+    multiples), kept as ``NAME-<images>.json`` beside ``NAME.json``. A result with runs
+    still ``"missing"`` (a study that spans sessions) is kept as ``NAME.partial.json``: the
+    techniques whose every seed is recorded and the comparisons between them; the complete
+    result replaces it.
     """
     from sodlab.files import write_json
 
-    p = Path(path) if path else _study_path(result["study"], images)
+    partial = bool(result.get("missing"))
+    if partial and images is not None:
+        raise InputError("a partial study is kept at the full budget only")
+    p = Path(path) if path else _study_path(result["study"], images, partial)
     write_json(p, dict(result))
+    if path is None and images is None and not partial:
+        _study_path(result["study"], None, True).unlink(missing_ok=True)
     return p
 
 
 def load_study(name: str, path: str | os.PathLike | None = None, *,
-               images: int | None = None) -> dict | None:
+               images: int | None = None, partial: bool = False) -> dict | None:
     """The committed result of study ``name`` (None when it has not been run in full);
-    ``images``: at another budget than the full one (``save_study``)."""
+    ``images``: at another budget than the full one (``save_study``); ``partial``: when the
+    complete result is missing, the partial one (``"missing"`` lists the runs it lacks)."""
+    if partial and path is None and images is None:
+        return load_study(name) or load_study(name, _study_path(name, None, True))
     p = Path(path) if path else _study_path(name, images)
     if not p.is_file():
         return None
@@ -147,6 +160,15 @@ def agreement(quick_diff: float | None, full_verdict: str) -> str:
     if full_verdict not in (UP, DOWN):
         return NO_DIRECTION
     return AGREES if (quick_diff > 0) == (full_verdict == UP) and quick_diff != 0 else OPPOSITE
+
+
+def partial_line(result: Mapping) -> str:
+    """One sentence on a partial study: what it holds and which techniques still lack runs."""
+    left = sorted({name for name, _ in result["missing"]},
+                  key=lambda n: [t for t, _ in result["missing"]].index(n))
+    return (f"partial: {len(result['techniques'])} techniques have every seed recorded and are "
+            f"compared here; still to run: {', '.join(left)} "
+            f"({len(result['missing'])} runs, sodlab study run {result['study']} --full)")
 
 
 def seen_label(technique: Mapping) -> str:
@@ -268,7 +290,7 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     import pandas as pd
     from IPython.display import display
 
-    res = result if result is not None else load_study(name)
+    res = result if result is not None else load_study(name, partial=True)
     if res is None:
         print(f"study {name!r} has no committed full-mode result yet "
               f"(sodlab study run {name} --full)")
@@ -278,6 +300,8 @@ def show_study(name: str, *, metrics: Sequence[str] = ("AP_small", "AP_tiny"),
     seeds = sorted({len(t["seeds"]) for t in res["techniques"].values()})
     print(f"study {name}: {res['mode']} mode, {'/'.join(map(str, seeds))} seeds, "
           f"{seen_labels(res)} images seen per model")
+    if res.get("missing"):
+        print(partial_line(res))
     with pd.option_context("display.max_rows", 500, "display.float_format", "{:.3f}".format):
         display(study_techniques(res))
         display(study_comparisons(res, metrics=metrics))

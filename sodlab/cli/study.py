@@ -8,7 +8,9 @@ embedded data, with every technique and the mode's seeds, it also writes
 ``results/studies/NAME.json`` (committed; notebooks show it). ``sodlab study show NAME
 --full`` prints them from the records alone (nothing trains): with runs still missing it lists
 them and compares the techniques whose every seed has a record, and fails only when fewer than
-two have. ``missing`` and ``show`` look at the mode's budget. ``--json OUT`` writes the
+two have. A study that spans sessions keeps what it has as ``results/studies/NAME.partial.json``
+(written by ``run`` each time a technique has all its seeds, and by ``show``); the complete
+result replaces it. ``missing`` and ``show`` look at the mode's budget. ``--json OUT`` writes the
 study's result there instead.
 """
 
@@ -83,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
             if len(complete) < 2:
                 print("fewer than two techniques have every seed recorded: nothing to compare")
                 return 1
-            print(f"partial: {', '.join(complete)} (every seed recorded); the study file is "
-                  f"written by 'sodlab study run {st.name}' once every run has a record\n")
+            print(f"partial: {', '.join(complete)} (every seed recorded)\n")
+            keep = not args.only  # the whole study asked for: keep what it has as partial
             args.only = ",".join(complete)
+            return _run(st, args, mode, missing=[[n, s] for n, s in todo] if keep else None)
     return _run(st, args, mode)
 
 
@@ -116,9 +119,11 @@ def _only(st, args: argparse.Namespace) -> list[str] | None:
     return only
 
 
-def _run(st, args: argparse.Namespace, mode: str) -> int:
+def _run(st, args: argparse.Namespace, mode: str, missing: list | None = None) -> int:
+    """Run (or, from ``show``, read) the study; ``missing``: the runs a partial ``show`` lacks."""
     import pandas as pd
 
+    from sodlab.bench.study_view import save_study
     from sodlab.engine.study import run_study, tables
     from sodlab.files import write_json
 
@@ -129,8 +134,15 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
 
         budget = budget_at(args.multiple, quick=args.quick)
     seeds = _seeds(args.seeds)
+    whole = mode == "full" and args.data is None and seeds is None and budget is None
+
+    def keep_partial(res: dict) -> None:  # a study that spans sessions keeps what it has
+        if res["missing"] and len(res["techniques"]) >= 2:
+            print(f"wrote {save_study(res)}", flush=True)
+
     result = run_study(st, args.data, mode=mode, progress=args.progress, only=only,
-                       budget=budget, seeds=seeds, log=lambda line: print(line, flush=True))
+                       budget=budget, seeds=seeds, log=lambda line: print(line, flush=True),
+                       on_technique=keep_partial if whole and not only else None)
     techs, comps = tables(result)
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.max_rows", 500, "display.float_format", "{:.3f}".format):
@@ -139,9 +151,9 @@ def _run(st, args: argparse.Namespace, mode: str) -> int:
         print(comps.to_string(index=False) if len(comps) else "no comparison has both sides")
     if args.json:
         write_json(args.json, result)
+    elif whole and missing:
+        keep_partial({**result, "missing": missing})
     elif mode == "full" and not only and args.data is None and seeds is None:
-        from sodlab.bench.study_view import save_study
-
         images = None if budget is None else budget["max_steps"] * budget["batch_size"]
         print(f"wrote {save_study(result, images=images)}")
     return 0

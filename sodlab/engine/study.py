@@ -107,12 +107,14 @@ def ready(study: Study, root: str | os.PathLike | None = None, *, mode: str | Mo
 def run_study(study: Study, root: str | os.PathLike | None = None, *,
               mode: str | Mode = "quick", seeds: Sequence[int] | None = None,
               progress: bool = False, only: Sequence[str] | None = None,
-              budget: dict | None = None, log=None) -> dict:
+              budget: dict | None = None, log=None, on_technique=None) -> dict:
     """Every technique's records (trained where missing), then every comparison.
 
     ``budget`` replaces the mode's budget for every technique (tests use a tiny one).
     ``log``: called with one line per run as it ends (``job_line``), so a long run in the
-    background says how far it is.
+    background says how far it is. ``on_technique``: called, each time a technique has all
+    its seeds, with the study so far (``partial_result``), so a study that spans sessions
+    can keep what it has.
     """
     from tqdm.auto import tqdm
 
@@ -129,7 +131,19 @@ def run_study(study: Study, root: str | os.PathLike | None = None, *,
         if log is not None:
             log(job_line(study.name, k, len(jobs), t.name, s, recs[t.name][s],
                          time.perf_counter() - t0))
+        if on_technique is not None and len(recs[t.name]) == len(seeds):
+            on_technique(partial_result(study, recs, seeds, mode=m.name))
     return assemble(study, recs, mode=m.name)
+
+
+def partial_result(study: Study, recs: dict[str, dict[int, dict]], seeds: Sequence[int], *,
+                   mode: str) -> dict:
+    """The study over the techniques with a record for every seed, and ``"missing"``: the
+    (technique, seed) runs still without one (empty when the study is complete)."""
+    done = {n: r for n, r in recs.items() if all(s in r for s in seeds)}
+    missing = [[t.name, s] for t in study.techniques for s in seeds
+               if s not in recs.get(t.name, {})]
+    return {**assemble(study, done, mode=mode), "missing": missing}
 
 
 def job_line(study: str, k: int, n: int, name: str, seed: int, rec: dict,
