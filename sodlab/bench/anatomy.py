@@ -61,12 +61,13 @@ def study_records(result: Mapping, technique: str) -> dict[int, dict]:
 
 
 def find_study(a: str, b: str, names: Sequence[str] | None = None) -> dict | None:
-    """The first committed full-mode study (of ``names``, or any declared) holding ``a`` and ``b``."""
+    """The first committed full-mode study (of ``names``, or any declared) holding ``a`` and
+    ``b``; a study still running counts with what it has (``NAME.partial.json``)."""
     from sodlab.bench.studies import STUDIES
     from sodlab.bench.study_view import load_study
 
     for name in names or list(STUDIES):
-        res = load_study(name)
+        res = load_study(name, partial=True)
         if res is not None and a in res["techniques"] and b in res["techniques"]:
             return res
     return None
