@@ -234,3 +234,14 @@ def test_study_show_keeps_a_partial_full_study(quick_dataset, tmp_path, monkeypa
     assert kept["missing"] == [["c", 0], ["c", 1], ["c", 2]]
     assert {(c["a"], c["b"]) for c in kept["comparisons"]} == {("a", "b")}
     assert load_study("tiny") is None
+    # a budget multiple keeps what was asked for, one seed of two techniques included
+    import sodlab.bench.budget_curve as curve
+
+    monkeypatch.setattr(curve, "budget_at", lambda m, quick=False: {"max_steps": 2 * m,
+                                                                     "batch_size": 2})
+    assert main(["study", "run", "tiny", "--full", "--multiple", "2", "--seeds", "0",
+                 "--only", "a,b"]) == 0
+    point = load_study("tiny", images=8)
+    assert sorted(point["techniques"]) == ["a", "b"]
+    assert list(point["techniques"]["a"]["seeds"]) == ["0"]
+    assert point["comparisons"][0]["verdict"] == "no clear difference"  # one seed

@@ -5,7 +5,8 @@ NAME [--full] [--data ROOT] [--only TECH,...] [--seeds S,...] [--multiple M]`` g
 for every technique and seed (training only what has none; a full-mode record lands in
 ``results/runs/`` as each model finishes) and prints both tables; in full mode on the
 embedded data, with every technique and the mode's seeds, it also writes
-``results/studies/NAME.json`` (committed; notebooks show it). ``sodlab study show NAME
+``results/studies/NAME.json`` (committed; notebooks show it); at ``--multiple M`` it keeps
+what was run, any techniques and seeds, as ``NAME-<images seen>.json``. ``sodlab study show NAME
 --full`` prints them from the records alone (nothing trains): with runs still missing it lists
 them and compares the techniques whose every seed has a record, and fails only when fewer than
 two have. A study that spans sessions keeps what it has as ``results/studies/NAME.partial.json``
@@ -41,12 +42,13 @@ def register(sub) -> None:
                    help="run only these techniques of the study (comma-separated names)")
     p.add_argument("--multiple", type=int, default=None, metavar="M",
                    help="train at M times the earlier full budget (400 steps x 8 images) "
-                   "instead of the mode's; the result is kept as results/studies/"
-                   "NAME-<images seen>.json, beside the full budget's")
+                   "instead of the mode's; the result (whatever techniques and seeds were run) "
+                   "is kept as results/studies/NAME-<images seen>.json, beside the full "
+                   "budget's")
     p.add_argument("--seeds", default=None, metavar="S,...",
                    help="these seeds instead of the mode's (quick: 0; full: 0,1,2); one seed "
-                   "gives numbers and paired intervals but no verdict, and the study file is "
-                   "not written")
+                   "gives numbers and paired intervals but no verdict; at the mode's budget "
+                   "the study file is then not written (at --multiple M it is)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.set_defaults(func=run)
@@ -153,7 +155,11 @@ def _run(st, args: argparse.Namespace, mode: str, missing: list | None = None) -
         write_json(args.json, result)
     elif whole and missing:
         keep_partial({**result, "missing": missing})
-    elif mode == "full" and not only and args.data is None and seeds is None:
-        images = None if budget is None else budget["max_steps"] * budget["batch_size"]
+    elif mode == "full" and args.data is None and budget is not None:
+        # a budget multiple (the learning curve's points) keeps whatever techniques and seeds
+        # were asked for: NAME-<images seen>.json, beside the full budget's
+        images = budget["max_steps"] * budget["batch_size"]
         print(f"wrote {save_study(result, images=images)}")
+    elif whole and not only:
+        print(f"wrote {save_study(result)}")
     return 0
