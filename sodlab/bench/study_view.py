@@ -164,8 +164,7 @@ def agreement(quick_diff: float | None, full_verdict: str) -> str:
 
 def partial_line(result: Mapping) -> str:
     """One sentence on a partial study: what it holds and which techniques still lack runs."""
-    left = sorted({name for name, _ in result["missing"]},
-                  key=lambda n: [t for t, _ in result["missing"]].index(n))
+    left = list(dict.fromkeys(name for name, _ in result["missing"]))  # in study order
     return (f"partial: {len(result['techniques'])} techniques have every seed recorded and are "
             f"compared here; still to run: {', '.join(left)} "
             f"({len(result['missing'])} runs, sodlab study run {result['study']} --full)")
